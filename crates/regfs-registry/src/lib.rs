@@ -1,1 +1,46 @@
-//! regfs-registry
+//! The OCI distribution client of regfs: resolve images, read blob byte ranges, push.
+//!
+//! [`Client`] talks to registries: it resolves a [`Reference`] to a [`ResolvedImage`] (index →
+//! [`Platform`] manifest → config, all digest-verified), reads byte ranges of blobs (single or
+//! `multipart/byteranges`), fetches whole verified blobs, and pushes blobs and manifests. Around
+//! every request it does auth (Basic; Bearer tokens from `WWW-Authenticate`, anonymous or with
+//! credentials from [`ClientConfig`] or docker's `config.json` and credential helpers), retries
+//! with backoff, manual redirects (cached per blob), and containerd `hosts.toml` mirrors.
+//! Configuration is a [`ClientConfig`]; failures are one [`Error`] enum; [`RequestStats`] counts
+//! what went over the wire.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), regfs_registry::Error> {
+//! use regfs_registry::{Client, ClientConfig, Reference};
+//!
+//! let client = Client::new(ClientConfig::default())?;
+//! let image: Reference = "127.0.0.1:5000/library/busybox:latest".parse()?;
+//! let resolved = client.resolve(&image).await?;
+//! let layer = resolved.manifest.layers()[0].digest().to_string().parse().expect("sha256 layer");
+//! let footer = client.read_range(&image, &layer, 0..51).await?;
+//! println!("{} bytes of {layer} ({} requests)", footer.len(), client.stats().requests);
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod blob;
+mod client;
+mod error;
+mod hosts;
+mod manifest;
+mod platform;
+mod push;
+mod range;
+mod reference;
+
+pub use auth::Credentials;
+pub use blob::MAX_IN_MEMORY_BLOB;
+pub use client::{Client, ClientConfig, RequestStats, RetryPolicy};
+pub use error::Error;
+pub use manifest::{
+    MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST,
+    MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST, ResolvedImage, is_index,
+};
+pub use platform::Platform;
+pub use reference::Reference;
+pub use regfs_estargz::Digest;

@@ -1,0 +1,220 @@
+//! The merged view against the oracle (GNU `tar -x` of the same layers, applied in order with
+//! whiteouts), plus the per-layer view and the hidden names.
+
+mod support;
+
+use std::ffi::OsStr;
+
+use regfs_fs::{FileKind, FsOptions, ImageFs, Ino};
+use support::{LayerTar, MTIME, compare_with_oracle, image, image_from_blobs, oracle_extract, pattern, to_estargz};
+
+/// Small chunks so that a few hundred KiB already make multi-chunk files.
+const CHUNK: u64 = 64 * 1024;
+
+/// Three layers exercising every merge rule; see the comments per layer.
+pub fn three_layers() -> Vec<Vec<u8>> {
+    let mut l0 = LayerTar::new();
+    l0.dir("etc", 0o755)
+        .file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+        .file_with("etc/hosts", b"127.0.0.1 localhost\n", 0o644, 0, 0, MTIME - 100)
+        .hardlink("etc/hosts.link", "etc/hosts")
+        .file_with_xattrs("etc/x", b"xattrs", &[("user.a", b"1"), ("user.bin", b"\x00\x01\xff")])
+        .dir("usr", 0o755)
+        .dir("usr/bin", 0o755)
+        .file_with("usr/bin/tool", &pattern(5000, 1), 0o4755, 0, 0, MTIME)
+        .file_with("usr/bin/sg", b"#!/bin/sh\n", 0o2755, 0, 5, MTIME)
+        .symlink("usr/bin/link", "tool")
+        .dir("data", 0o750)
+        .file("data/big", &pattern(300_000, 2))
+        .file("data/empty", b"")
+        .hardlink("data/hl_across", "etc/passwd")
+        .dir("opq", 0o755)
+        .file("opq/a", b"a")
+        .dir("opq/sub", 0o755)
+        .file("opq/sub/b", b"b")
+        .dir("replace_dir", 0o755)
+        .dir("replace_dir/sub", 0o755)
+        .file("replace_dir/sub/x", b"x")
+        .file("file_to_dir", b"was a file")
+        .dir("var", 0o755)
+        .file("var/gone", b"deleted later")
+        .dir("var/gonedir", 0o755)
+        .file("var/gonedir/f", b"deleted later too")
+        .file("var/keep", b"kept")
+        .dir("dev", 0o755)
+        .device("dev/null", false, 1, 3)
+        .device("dev/sda", true, 8, 0)
+        .fifo("dev/fifo")
+        .dir_owned("tmp", 0o1777, 0, 0, MTIME)
+        .dir_owned("home", 0o700, 1000, 1000, MTIME - 5);
+    // Upper layer: whiteouts, an opaque dir, replaced files, type changes.
+    let mut l1 = LayerTar::new();
+    l1.dir("etc", 0o755)
+        .file_with("etc/passwd", b"root:x:0:0::/root:/bin/bash\nuser:x:1000:1000::/home:/bin/sh\n", 0o640, 1000, 1000, MTIME + 10)
+        .whiteout("etc", "hosts.link")
+        .dir("var", 0o755)
+        .whiteout("var", "gone")
+        .whiteout("var", "gonedir")
+        .dir("opq", 0o711)
+        .opaque("opq")
+        .file("opq/c", b"c")
+        .file("replace_dir", b"now a file")
+        .dir("file_to_dir", 0o755)
+        .file("file_to_dir/inside", b"inside")
+        .whiteout("", "nonexistent");
+    // Top layer: upper dir attributes win, more files, a whole dir whited out and recreated.
+    let mut l2 = LayerTar::new();
+    l2.dir_owned("usr", 0o755, 0, 0, MTIME + 20)
+        .dir_owned("usr/bin", 0o700, 0, 0, MTIME + 20)
+        .file("usr/bin/new", &pattern(2 * CHUNK as usize + 17, 3))
+        .whiteout("", "home")
+        .dir_owned("home", 0o755, 0, 0, MTIME + 30)
+        .file("home/fresh", b"fresh");
+    vec![l0.finish(), l1.finish(), l2.finish()]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_tree_equals_tar_extraction_with_whiteouts() {
+    let tars = three_layers();
+    let img = image(&tars, CHUNK);
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    oracle_extract(&tars, &tree);
+    let n = compare_with_oracle(&img.fs, &tree).await;
+    assert!(n >= 30, "compared only {n} entries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_rule_holds() {
+    let img = image(&three_layers(), CHUNK);
+    let fs = &img.fs;
+    let path = |p: &str| -> Option<regfs_fs::Attr> {
+        let mut ino = Ino::ROOT;
+        let mut attr = fs.getattr(ino).ok()?;
+        for part in p.split('/') {
+            attr = fs.lookup(ino, OsStr::new(part)).ok()?;
+            ino = attr.ino;
+        }
+        Some(attr)
+    };
+    // Whiteouts delete files and whole directories; the markers themselves are invisible.
+    assert!(path("var/gone").is_none());
+    assert!(path("var/gonedir").is_none());
+    assert!(path("var/keep").is_some());
+    assert!(path("var/.wh.gone").is_none());
+    // Opaque: lower contents hidden, the layer's own kept, upper dir attributes.
+    let names: Vec<_> = fs.readdir(path("opq").unwrap().ino).unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, vec!["c"]);
+    assert_eq!(path("opq").unwrap().perm, 0o711);
+    // A file over a directory replaces it, and a directory over a file too.
+    assert_eq!(path("replace_dir").unwrap().kind, FileKind::Reg);
+    assert_eq!(path("file_to_dir").unwrap().kind, FileKind::Dir);
+    assert!(path("file_to_dir/inside").is_some());
+    // Hardlinks share an inode; a whited-out name no longer counts.
+    let hosts = path("etc/hosts").unwrap();
+    assert_eq!(hosts.nlink, 1);
+    let across = path("data/hl_across").unwrap();
+    assert_ne!(across.ino, path("etc/passwd").unwrap().ino, "passwd was replaced upstairs");
+    // Special bits survive.
+    assert_eq!(path("usr/bin/tool").unwrap().perm, 0o4755);
+    assert_eq!(path("usr/bin/sg").unwrap().perm, 0o2755);
+    assert_eq!(path("tmp").unwrap().perm, 0o1777);
+    // Landmarks and the TOC are hidden in the root.
+    for hidden in [".no.prefetch.landmark", ".prefetch.landmark", "stargz.index.json"] {
+        assert!(path(hidden).is_none(), "{hidden}");
+    }
+    // `..` of a subdirectory is its parent; of the root, the root.
+    let etc = path("etc").unwrap();
+    assert_eq!(fs.lookup(etc.ino, OsStr::new("..")).unwrap().ino, Ino::ROOT);
+    assert_eq!(fs.lookup(Ino::ROOT, OsStr::new("..")).unwrap().ino, Ino::ROOT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hardlinks_in_one_layer_share_inode_and_count() {
+    let mut l = LayerTar::new();
+    l.dir("a", 0o755)
+        .dir("b", 0o755)
+        .file("a/f", b"shared content")
+        .hardlink("a/g", "a/f")
+        .hardlink("b/h", "a/f");
+    let tars = vec![l.finish()];
+    let img = image(&tars, CHUNK);
+    let fs = &img.fs;
+    let a = fs.lookup(Ino::ROOT, OsStr::new("a")).unwrap();
+    let b = fs.lookup(Ino::ROOT, OsStr::new("b")).unwrap();
+    let f = fs.lookup(a.ino, OsStr::new("f")).unwrap();
+    let g = fs.lookup(a.ino, OsStr::new("g")).unwrap();
+    let h = fs.lookup(b.ino, OsStr::new("h")).unwrap();
+    assert_eq!((f.ino, f.ino), (g.ino, h.ino));
+    assert_eq!(f.nlink, 3);
+    assert_eq!(&fs.read(h.ino, 0, 100).await.unwrap()[..], b"shared content");
+    let dir = tempfile::tempdir().unwrap();
+    oracle_extract(&tars, dir.path());
+    compare_with_oracle(fs, dir.path()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_layer_view_shows_whiteouts_as_overlayfs_expects() {
+    let tars = three_layers();
+    let img = image_from_blobs(vec![to_estargz(&tars[1], CHUNK)], FsOptions::default(), true);
+    let fs = &img.fs;
+    let var = fs.lookup(Ino::ROOT, OsStr::new("var")).unwrap();
+    for name in ["gone", "gonedir"] {
+        let w = fs.lookup(var.ino, OsStr::new(name)).unwrap();
+        assert_eq!((w.kind, w.rdev), (FileKind::Char, 0), "{name}");
+    }
+    let names: Vec<_> = fs.readdir(var.ino).unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(names, vec!["gone", "gonedir"], "whiteout files themselves are not listed");
+    let opq = fs.lookup(Ino::ROOT, OsStr::new("opq")).unwrap();
+    assert_eq!(fs.getxattr(opq.ino, OsStr::new("trusted.overlay.opaque")).unwrap(), b"y");
+    assert_eq!(fs.listxattr(opq.ino).unwrap(), vec![OsStr::new("trusted.overlay.opaque")]);
+    let opq_names: Vec<_> = fs.readdir(opq.ino).unwrap().into_iter().map(|e| e.name).collect();
+    assert_eq!(opq_names, vec!["c"]);
+    // A whiteout of a name the layer also has keeps the real entry.
+    let etc = fs.lookup(Ino::ROOT, OsStr::new("etc")).unwrap();
+    let hl = fs.lookup(etc.ino, OsStr::new("hosts.link")).unwrap();
+    assert_eq!(hl.kind, FileKind::Char);
+    assert!(fs.getxattr(etc.ino, OsStr::new("trusted.overlay.opaque")).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_map_to_errno() {
+    let img = image(&three_layers(), CHUNK);
+    let fs: &ImageFs = &img.fs;
+    let etc = fs.lookup(Ino::ROOT, OsStr::new("etc")).unwrap();
+    let passwd = fs.lookup(etc.ino, OsStr::new("passwd")).unwrap();
+    let cases = [
+        (fs.lookup(Ino::ROOT, OsStr::new("nope")).unwrap_err(), libc::ENOENT),
+        (fs.lookup(passwd.ino, OsStr::new("x")).unwrap_err(), libc::ENOTDIR),
+        (fs.getattr(Ino(u64::MAX)).unwrap_err(), libc::ENOENT),
+        (fs.readlink(passwd.ino).unwrap_err(), libc::EINVAL),
+        (fs.getxattr(passwd.ino, OsStr::new("user.none")).unwrap_err(), libc::ENODATA),
+        (fs.read(etc.ino, 0, 10).await.unwrap_err(), libc::EISDIR),
+        (fs.open(etc.ino).unwrap_err(), libc::EISDIR),
+    ];
+    for (err, want) in cases {
+        assert_eq!(err.errno(), want, "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_lists_first_touches_in_order() {
+    let tars = three_layers();
+    let blobs = tars.iter().map(|t| to_estargz(t, CHUNK)).collect();
+    let img = image_from_blobs(blobs, FsOptions { record_access: true, ..FsOptions::default() }, false);
+    let fs = &img.fs;
+    let etc = fs.lookup(Ino::ROOT, OsStr::new("etc")).unwrap();
+    let passwd = fs.lookup(etc.ino, OsStr::new("passwd")).unwrap();
+    let hosts = fs.lookup(etc.ino, OsStr::new("hosts")).unwrap();
+    fs.open(passwd.ino).unwrap();
+    fs.read(hosts.ino, 0, 4).await.unwrap();
+    fs.read(passwd.ino, 0, 4).await.unwrap();
+    let log = fs.take_access_log();
+    let layers: Vec<_> = img.blobs.iter().map(|(d, _)| *d).collect();
+    assert_eq!(
+        log,
+        vec![("/etc/passwd".to_string(), layers[1]), ("/etc/hosts".to_string(), layers[0])]
+    );
+    assert!(fs.take_access_log().is_empty());
+}

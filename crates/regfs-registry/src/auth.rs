@@ -1,0 +1,372 @@
+//! Credentials and the pieces of registry auth that need no network: `WWW-Authenticate`
+//! challenges, docker's `config.json`, credential helpers, token replies.
+//!
+//! Where credentials come from, first match wins:
+//! 1. `ClientConfig::credentials` (explicit, by registry host);
+//! 2. `credHelpers[host]` in the docker config → `docker-credential-<name> get`;
+//! 3. `auths[host]` (`auth` = base64 `user:pass`, or `username`/`password`, or `identitytoken`);
+//! 4. `credsStore` → `docker-credential-<name> get`.
+//!
+//! Docker Hub's key in `config.json` is `https://index.docker.io/v1/`; other hosts may be written
+//! with or without a scheme and path, so keys are compared by their host part.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde::Deserialize;
+
+use crate::Error;
+use crate::reference::DOCKER_HUB;
+
+/// A credential helper that has not answered after this long is hung (e.g. waiting on a GUI).
+const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A docker config larger than this is not a config file.
+const MAX_DOCKER_CONFIG_LEN: u64 = 4 * 1024 * 1024;
+
+/// Docker Hub's historic key in `config.json` and for credential helpers.
+const DOCKER_HUB_AUTH_KEY: &str = "https://index.docker.io/v1/";
+
+/// Secrets for one registry.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// Username and password (or access token used as password).
+    UserPassword { username: String, password: String },
+    /// An OAuth2 refresh token (`identitytoken` in docker's config), exchanged with the
+    /// `refresh_token` grant.
+    IdentityToken(String),
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::UserPassword { username, .. } => {
+                write!(f, "UserPassword {{ username: {username:?}, password: <redacted> }}")
+            }
+            Credentials::IdentityToken(_) => f.write_str("IdentityToken(<redacted>)"),
+        }
+    }
+}
+
+/// What a registry's `WWW-Authenticate` asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Challenge {
+    Basic,
+    Bearer {
+        realm: String,
+        service: Option<String>,
+    },
+}
+
+/// Parses the first Basic or Bearer challenge of a `WWW-Authenticate` value.
+pub(crate) fn parse_challenge(value: &str) -> Option<Challenge> {
+    let value = value.trim();
+    let (scheme, params) = value.split_once(char::is_whitespace).unwrap_or((value, ""));
+    if scheme.eq_ignore_ascii_case("basic") {
+        return Some(Challenge::Basic);
+    }
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let params = parse_auth_params(params);
+    let realm = params.get("realm")?.clone();
+    Some(Challenge::Bearer {
+        realm,
+        service: params.get("service").cloned(),
+    })
+}
+
+/// `k="v", k2=v2` with backslash escapes inside quotes; keys lowercased.
+fn parse_auth_params(s: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            return out;
+        }
+        let mut val = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => val.extend(chars.next()),
+                    '"' => break,
+                    c => val.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.peek().copied() {
+                if c == ',' {
+                    break;
+                }
+                val.push(c);
+                chars.next();
+            }
+        }
+        out.insert(key.trim().to_ascii_lowercase(), val.trim().to_owned());
+    }
+}
+
+/// A token endpoint's JSON reply.
+#[derive(Deserialize)]
+pub(crate) struct TokenReply {
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub access_token: Option<String>,
+    #[serde(default)]
+    pub expires_in: Option<u64>,
+    #[serde(default)]
+    pub refresh_token: Option<String>,
+}
+
+impl TokenReply {
+    /// The bearer token (`token` per the docker spec, `access_token` per OAuth2).
+    pub(crate) fn bearer(&self) -> Option<&str> {
+        self.token
+            .as_deref()
+            .filter(|t| !t.is_empty())
+            .or(self.access_token.as_deref().filter(|t| !t.is_empty()))
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct DockerConfig {
+    #[serde(default)]
+    auths: HashMap<String, DockerAuth>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: HashMap<String, String>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct DockerAuth {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default)]
+    identitytoken: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct HelperReply {
+    #[serde(rename = "Username")]
+    username: String,
+    #[serde(rename = "Secret")]
+    secret: String,
+}
+
+/// `https://host:port/v1/` → `host:port`; Docker Hub's aliases → `docker.io`.
+fn key_host(key: &str) -> &str {
+    let k = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    let k = k.split('/').next().unwrap_or(k);
+    match k {
+        "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB,
+        k => k,
+    }
+}
+
+/// The directory holding `config.json`: the override, `$DOCKER_CONFIG`, or `~/.docker`.
+pub(crate) fn docker_config_dir(override_dir: Option<&Path>) -> Option<PathBuf> {
+    if let Some(d) = override_dir {
+        return Some(d.to_owned());
+    }
+    if let Some(d) = std::env::var_os("DOCKER_CONFIG") {
+        return Some(PathBuf::from(d));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker"))
+}
+
+/// Credentials for `host` from the docker config in `dir`, running helpers as needed.
+pub(crate) async fn docker_credentials(
+    dir: &Path,
+    host: &str,
+) -> Result<Option<Credentials>, Error> {
+    let path = dir.join("config.json");
+    let cred_err = |reason: String| Error::Credentials {
+        host: host.to_owned(),
+        reason,
+    };
+    let text = match tokio::fs::metadata(&path).await {
+        Ok(m) if m.len() > MAX_DOCKER_CONFIG_LEN => {
+            return Err(cred_err(format!("{} is larger than {MAX_DOCKER_CONFIG_LEN} bytes", path.display())));
+        }
+        Ok(_) => tokio::fs::read_to_string(&path)
+            .await
+            .map_err(|e| cred_err(format!("reading {}: {e}", path.display())))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(cred_err(format!("reading {}: {e}", path.display()))),
+    };
+    let cfg: DockerConfig = serde_json::from_str(&text)
+        .map_err(|e| cred_err(format!("parsing {}: {e}", path.display())))?;
+    if let Some((_, helper)) = cfg.cred_helpers.iter().find(|(k, _)| key_host(k) == host) {
+        return run_helper(helper, host).await;
+    }
+    if let Some((_, a)) = cfg.auths.iter().find(|(k, _)| key_host(k) == host) {
+        if let Some(tok) = a.identitytoken.as_ref().filter(|t| !t.is_empty()) {
+            return Ok(Some(Credentials::IdentityToken(tok.clone())));
+        }
+        if let Some(enc) = a.auth.as_ref().filter(|t| !t.is_empty()) {
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(enc.trim())
+                .map_err(|e| cred_err(format!("auth in {} is not base64: {e}", path.display())))?;
+            let raw = String::from_utf8(raw)
+                .map_err(|_| cred_err(format!("auth in {} is not utf-8", path.display())))?;
+            let (u, p) = raw
+                .split_once(':')
+                .ok_or_else(|| cred_err(format!("auth in {} has no ':'", path.display())))?;
+            return Ok(Some(Credentials::UserPassword {
+                username: u.to_owned(),
+                password: p.to_owned(),
+            }));
+        }
+        if let (Some(u), Some(p)) = (&a.username, &a.password) {
+            return Ok(Some(Credentials::UserPassword {
+                username: u.clone(),
+                password: p.clone(),
+            }));
+        }
+    }
+    if let Some(store) = cfg.creds_store.as_ref().filter(|s| !s.is_empty()) {
+        return run_helper(store, host).await;
+    }
+    Ok(None)
+}
+
+/// `docker-credential-<name> get` with the server URL on stdin; "not found" is `None`.
+async fn run_helper(name: &str, host: &str) -> Result<Option<Credentials>, Error> {
+    use tokio::io::AsyncWriteExt as _;
+    let program = format!("docker-credential-{name}");
+    let cred_err = |reason: String| Error::Credentials {
+        host: host.to_owned(),
+        reason,
+    };
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+        return Err(cred_err(format!("credential helper name {name:?} is not a plain name")));
+    }
+    let server = if host == DOCKER_HUB { DOCKER_HUB_AUTH_KEY } else { host };
+    let mut child = tokio::process::Command::new(&program)
+        .arg("get")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| cred_err(format!("running {program}: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(server.as_bytes())
+            .await
+            .map_err(|e| cred_err(format!("writing to {program}: {e}")))?;
+    }
+    let out = tokio::time::timeout(HELPER_TIMEOUT, child.wait_with_output())
+        .await
+        .map_err(|_| cred_err(format!("{program} did not answer within {HELPER_TIMEOUT:?}")))?
+        .map_err(|e| cred_err(format!("running {program}: {e}")))?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        if msg.to_ascii_lowercase().contains("credentials not found") {
+            return Ok(None);
+        }
+        return Err(cred_err(format!("{program} failed ({}): {}", out.status, msg.trim())));
+    }
+    let reply: HelperReply = serde_json::from_slice(&out.stdout)
+        .map_err(|e| cred_err(format!("{program} printed no credentials JSON: {e}")))?;
+    Ok(Some(if reply.username == "<token>" {
+        Credentials::IdentityToken(reply.secret)
+    } else {
+        Credentials::UserPassword {
+            username: reply.username,
+            password: reply.secret,
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge_table() {
+        let cases: &[(&str, Option<Challenge>)] = &[
+            ("Basic realm=\"x\"", Some(Challenge::Basic)),
+            (
+                "Bearer realm=\"https://auth.example/token\",service=\"reg\",scope=\"repository:a:pull\"",
+                Some(Challenge::Bearer {
+                    realm: "https://auth.example/token".into(),
+                    service: Some("reg".into()),
+                }),
+            ),
+            (
+                "bearer realm=http://h/t, error=\"a\\\"b\"",
+                Some(Challenge::Bearer {
+                    realm: "http://h/t".into(),
+                    service: None,
+                }),
+            ),
+            ("Bearer service=\"x\"", None),
+            ("Negotiate abc", None),
+            ("", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_challenge(input), *want, "{input}");
+        }
+    }
+
+    #[test]
+    fn config_keys_compare_by_host() {
+        assert_eq!(key_host("https://index.docker.io/v1/"), "docker.io");
+        assert_eq!(key_host("http://127.0.0.1:5000"), "127.0.0.1:5000");
+        assert_eq!(key_host("ghcr.io"), "ghcr.io");
+    }
+
+    #[tokio::test]
+    async fn reads_auths_forms() {
+        let dir = tempfile::tempdir().unwrap();
+        let auth = base64::engine::general_purpose::STANDARD.encode("u1:p:1");
+        std::fs::write(
+            dir.path().join("config.json"),
+            format!(
+                r#"{{"auths":{{"https://a.example/v1/":{{"auth":"{auth}"}},
+                "b.example":{{"username":"u2","password":"p2"}},
+                "c.example":{{"identitytoken":"rt"}}}}}}"#
+            ),
+        )
+        .unwrap();
+        let get = |h: &'static str| {
+            let d = dir.path().to_owned();
+            async move { docker_credentials(&d, h).await.unwrap() }
+        };
+        assert_eq!(
+            get("a.example").await,
+            Some(Credentials::UserPassword {
+                username: "u1".into(),
+                password: "p:1".into()
+            })
+        );
+        assert_eq!(
+            get("b.example").await,
+            Some(Credentials::UserPassword {
+                username: "u2".into(),
+                password: "p2".into()
+            })
+        );
+        assert_eq!(get("c.example").await, Some(Credentials::IdentityToken("rt".into())));
+        assert_eq!(get("d.example").await, None);
+    }
+}

@@ -1,0 +1,265 @@
+//! Manifests: fetch (verified), media-type detection, index → platform manifest, config.
+//!
+//! The media type is the body's `mediaType` when it has one; some tools (umoci, ctr-remote)
+//! write none, and then the reply's `Content-Type` decides, and failing that the shape of the
+//! JSON (`manifests` → index). The manifest digest is checked against the reference's digest,
+//! or else against `Docker-Content-Digest` when the registry sends one.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Method;
+use http::header::{ACCEPT, CONTENT_TYPE};
+use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
+use regfs_estargz::Digest;
+use serde::Deserialize;
+
+use crate::client::{Endpoint, Req, pull_scope, push_scope};
+use crate::hosts::Capabilities;
+use crate::{Client, Error, Platform, Reference};
+
+/// Manifests and indexes larger than this are refused (containerd's limit too); real ones are
+/// a few KiB, and the whole body is held in memory and parsed.
+pub const MAX_MANIFEST_SIZE: u64 = 4 * 1024 * 1024;
+
+/// Image configs are JSON held in memory; large history lists stay well below this.
+pub const MAX_CONFIG_SIZE: u64 = 16 * 1024 * 1024;
+
+pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const MEDIA_TYPE_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+
+const ACCEPTED: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// Whether `media_type` is an index / manifest list.
+pub fn is_index(media_type: &str) -> bool {
+    media_type == MEDIA_TYPE_OCI_INDEX || media_type == MEDIA_TYPE_DOCKER_LIST
+}
+
+/// A resolved, verified image: its platform manifest and config.
+#[derive(Clone, Debug)]
+pub struct ResolvedImage {
+    /// The reference asked for, pinned to `manifest_digest`.
+    pub reference: Reference,
+    /// Digest of the platform manifest (not of the index it was picked from).
+    pub manifest_digest: Digest,
+    pub manifest: ImageManifest,
+    pub manifest_bytes: Vec<u8>,
+    pub media_type: String,
+    pub config: ImageConfiguration,
+    pub config_bytes: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+struct Shape {
+    #[serde(default, rename = "mediaType")]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    layers: Option<serde::de::IgnoredAny>,
+}
+
+/// The media type of a manifest body, from the body, else `content_type`, else its shape.
+pub(crate) fn media_type_of(body: &[u8], content_type: Option<&str>) -> Result<String, String> {
+    let shape: Shape = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    if let Some(mt) = shape.media_type.filter(|m| !m.is_empty()) {
+        return Ok(mt);
+    }
+    let ct = content_type
+        .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .filter(|c| {
+            [
+                MEDIA_TYPE_OCI_MANIFEST,
+                MEDIA_TYPE_OCI_INDEX,
+                MEDIA_TYPE_DOCKER_MANIFEST,
+                MEDIA_TYPE_DOCKER_LIST,
+            ]
+            .contains(&c.as_str())
+        });
+    if let Some(ct) = ct {
+        return Ok(ct);
+    }
+    match (shape.manifests.is_some(), shape.layers.is_some()) {
+        (true, false) => Ok(MEDIA_TYPE_OCI_INDEX.to_owned()),
+        (false, true) => Ok(MEDIA_TYPE_OCI_MANIFEST.to_owned()),
+        _ => Err("cannot tell manifest from index: no mediaType, Content-Type or shape".into()),
+    }
+}
+
+fn parse_digest(s: &str, what: &str) -> Result<Digest, Error> {
+    s.parse().map_err(|_| Error::BadManifest {
+        what: what.to_owned(),
+        reason: format!("digest {s:?} is not sha256"),
+    })
+}
+
+impl Client {
+    /// The manifest or index `r` names: body, media type and (verified) digest.
+    pub async fn fetch_manifest(&self, r: &Reference) -> Result<(Bytes, String, Digest), Error> {
+        let cap: fn(&Capabilities) -> bool = if r.digest.is_some() {
+            |c| c.pull
+        } else {
+            |c| c.resolve
+        };
+        self.on_hosts(&r.registry, cap, |ep| self.fetch_manifest_once(ep, r))
+            .await
+    }
+
+    async fn fetch_manifest_once(
+        &self,
+        ep: Arc<Endpoint>,
+        r: &Reference,
+    ) -> Result<(Bytes, String, Digest), Error> {
+        let scopes = [pull_scope(&r.repository)];
+        let url = ep.url(&r.repository, &format!("manifests/{}", r.manifest_key()))?;
+        let (resp, url) = self
+            .send(&ep, Req::new(Method::GET, url, &scopes).header(ACCEPT, ACCEPTED))
+            .await?;
+        let resp = self.check(resp, &url).await?;
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let header_digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<Digest>().ok());
+        let body = self
+            .read_body(resp, &url, MAX_MANIFEST_SIZE, &format!("manifest {r}"))
+            .await?;
+        let actual = Digest::sha256(&body);
+        if let Some(expected) = r.digest.or(header_digest)
+            && expected != actual
+        {
+            return Err(Error::DigestMismatch {
+                what: format!("manifest {r} from {url}"),
+                expected,
+                actual,
+            });
+        }
+        let media_type = media_type_of(&body, content_type.as_deref()).map_err(|reason| {
+            Error::BadManifest {
+                what: format!("manifest {r}"),
+                reason,
+            }
+        })?;
+        Ok((body, media_type, actual))
+    }
+
+    /// Resolves `r` to one runnable image: follows an index to the manifest of the configured
+    /// platform (default: this host's), fetches and parses the config.
+    pub async fn resolve(&self, r: &Reference) -> Result<ResolvedImage, Error> {
+        let (mut body, mut media_type, mut digest) = self.fetch_manifest(r).await?;
+        if is_index(&media_type) {
+            let index = ImageIndex::from_reader(&body[..]).map_err(|e| Error::BadManifest {
+                what: format!("index {r}"),
+                reason: e.to_string(),
+            })?;
+            let platform = self.config().platform.clone().unwrap_or_else(Platform::host);
+            let i = platform.pick(&index).ok_or_else(|| Error::NoMatchingPlatform {
+                reference: r.to_string(),
+                platform: platform.to_string(),
+            })?;
+            let d = parse_digest(index.manifests()[i].digest().as_ref(), &format!("index {r}"))?;
+            (body, media_type, digest) = self.fetch_manifest(&r.with_digest(d)).await?;
+            if is_index(&media_type) {
+                return Err(Error::BadManifest {
+                    what: format!("manifest {d} of index {r}"),
+                    reason: "nested index".into(),
+                });
+            }
+        }
+        let manifest = ImageManifest::from_reader(&body[..]).map_err(|e| Error::BadManifest {
+            what: format!("manifest {r}"),
+            reason: e.to_string(),
+        })?;
+        let config_digest = parse_digest(manifest.config().digest().as_ref(), &format!("manifest {r}"))?;
+        let config_bytes = self
+            .fetch_blob_limited(r, &config_digest, MAX_CONFIG_SIZE)
+            .await?;
+        let config = ImageConfiguration::from_reader(&config_bytes[..]).map_err(|e| Error::BadManifest {
+            what: format!("config {config_digest} of {r}"),
+            reason: e.to_string(),
+        })?;
+        Ok(ResolvedImage {
+            reference: r.with_digest(digest),
+            manifest_digest: digest,
+            manifest,
+            manifest_bytes: body.to_vec(),
+            media_type,
+            config,
+            config_bytes: config_bytes.to_vec(),
+        })
+    }
+
+    /// Uploads a manifest or index under `r`'s tag (or digest); returns its digest.
+    pub async fn push_manifest(&self, r: &Reference, media_type: &str, body: Bytes) -> Result<Digest, Error> {
+        let digest = Digest::sha256(&body);
+        if body.len() as u64 > MAX_MANIFEST_SIZE {
+            return Err(Error::TooLarge {
+                what: format!("manifest {r}"),
+                limit: MAX_MANIFEST_SIZE,
+            });
+        }
+        if let Some(d) = r.digest.filter(|d| *d != digest) {
+            return Err(Error::DigestMismatch {
+                what: format!("manifest pushed as {r}"),
+                expected: d,
+                actual: digest,
+            });
+        }
+        let ep = self.push_host(&r.registry)?;
+        let scopes = [push_scope(&r.repository)];
+        let key = match &r.tag {
+            Some(t) => t.clone(),
+            None => digest.to_string(),
+        };
+        let url = ep.url(&r.repository, &format!("manifests/{key}"))?;
+        self.retrying(|| async {
+            let mut req = Req::new(Method::PUT, url.clone(), &scopes).header(CONTENT_TYPE, media_type);
+            req.body = Some(body.clone());
+            let (resp, url) = self.send(&ep, req).await?;
+            let resp = self.check(resp, &url).await?;
+            if let Some(d) = resp
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<Digest>().ok())
+                .filter(|d| *d != digest)
+            {
+                return Err(Error::DigestMismatch {
+                    what: format!("manifest stored by {url}"),
+                    expected: digest,
+                    actual: d,
+                });
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn media_type_detection() {
+        let cases: &[(&str, Option<&str>, Option<&str>)] = &[
+            (r#"{"mediaType":"x/y","layers":[]}"#, Some(MEDIA_TYPE_OCI_INDEX), Some("x/y")),
+            (r#"{"layers":[]}"#, Some("application/vnd.docker.distribution.manifest.v2+json; charset=utf-8"), Some(MEDIA_TYPE_DOCKER_MANIFEST)),
+            (r#"{"layers":[]}"#, Some("application/json"), Some(MEDIA_TYPE_OCI_MANIFEST)),
+            (r#"{"manifests":[]}"#, None, Some(MEDIA_TYPE_OCI_INDEX)),
+            (r#"{"schemaVersion":2}"#, None, None),
+            ("not json", None, None),
+        ];
+        for (body, ct, want) in cases {
+            assert_eq!(media_type_of(body.as_bytes(), *ct).ok().as_deref(), *want, "{body}");
+        }
+    }
+}

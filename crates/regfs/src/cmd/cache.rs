@@ -1,0 +1,142 @@
+//! `regfs cache du|gc`: look at and trim the on-disk chunk store that lazy mounts fill.
+//!
+//! The cache directory is the root of a [`regfs_blob::ChunkStore`] (`chunks/sha256/..` + `tmp/`);
+//! `--cache-dir` wins over `$REGFS_CACHE_DIR`, which wins over `/var/lib/regfs/cache`. `gc`
+//! evicts least recently used chunks until the store holds at most `--max-size` bytes; a mount
+//! reading a chunk being evicted still reads it (unlinked files stay readable) or refetches it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use regfs_blob::ChunkStore;
+use serde_json::json;
+
+/// Where the cache lives when neither `--cache-dir` nor `$REGFS_CACHE_DIR` says otherwise.
+pub const DEFAULT_CACHE_DIR: &str = "/var/lib/regfs/cache";
+/// Environment variable naming the cache directory.
+pub const CACHE_DIR_ENV: &str = "REGFS_CACHE_DIR";
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    action: Action,
+    /// The cache directory (default: $REGFS_CACHE_DIR, else /var/lib/regfs/cache).
+    #[arg(long, global = true)]
+    cache_dir: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum Action {
+    /// Chunks and bytes in the cache.
+    Du,
+    /// Evict least recently used chunks until the cache holds at most --max-size.
+    Gc {
+        /// Size to trim to: bytes, or with a K/M/G/T suffix (powers of 1024); 0 empties the cache.
+        #[arg(long, value_parser = parse_size)]
+        max_size: u64,
+    },
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let dir = args
+        .cache_dir
+        .or_else(|| std::env::var_os(CACHE_DIR_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
+    // `du` must not create a cache where there is none (it would hide a wrong path).
+    if !dir.is_dir() {
+        bail!("no cache directory at {}", dir.display());
+    }
+    let store = ChunkStore::open(&dir, None).with_context(|| format!("opening the cache {}", dir.display()))?;
+    match args.action {
+        Action::Du => {
+            let usage = store.du();
+            if args.json {
+                println!(
+                    "{}",
+                    json!({"cacheDir": dir, "chunks": usage.chunks, "bytes": usage.bytes})
+                );
+            } else {
+                println!(
+                    "{}: {} chunks, {} ({} bytes)",
+                    dir.display(),
+                    usage.chunks,
+                    humansize::format_size(usage.bytes, humansize::BINARY),
+                    usage.bytes
+                );
+            }
+        }
+        Action::Gc { max_size } => {
+            let report = store
+                .gc(max_size)
+                .with_context(|| format!("trimming the cache {}", dir.display()))?;
+            if args.json {
+                println!(
+                    "{}",
+                    json!({
+                        "cacheDir": dir,
+                        "removedChunks": report.removed_chunks,
+                        "freedBytes": report.freed_bytes,
+                        "chunks": report.usage.chunks,
+                        "bytes": report.usage.bytes,
+                    })
+                );
+            } else {
+                println!(
+                    "{}: removed {} chunks, freed {}; {} chunks, {} left",
+                    dir.display(),
+                    report.removed_chunks,
+                    humansize::format_size(report.freed_bytes, humansize::BINARY),
+                    report.usage.chunks,
+                    humansize::format_size(report.usage.bytes, humansize::BINARY)
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `123`, `64K`, `1.5G`… in bytes (binary multiples).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                'B' => 0,
+                _ => return Err(format!("unknown size suffix {c:?} in {s:?}")),
+            };
+            (&s[..i], 1u64 << shift)
+        }
+        _ => (s, 1),
+    };
+    let value: f64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    let bytes = value * mult as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("size out of range: {s:?}"));
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("123"), Ok(123));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_size("2M"), Ok(2 << 20));
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("").is_err());
+    }
+}

@@ -1,0 +1,185 @@
+//! The control socket of a live mount: `regfs stats DIR` and `--metrics-addr` read it.
+//!
+//! ```text
+//! /run/regfs/
+//! └── <first 32 hex of sha256(canonical mount dir)>.sock   one per live mount; connect → JSON, EOF
+//! ```
+//! The mount process owns the socket and removes it on exit.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use regfs_estargz::Digest;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::lazy::LazyImage;
+
+/// Directory of the control sockets.
+pub const RUN_DIR: &str = "/run/regfs";
+
+/// The control socket of the mount at `dir`.
+pub fn socket_path(dir: &Path) -> anyhow::Result<PathBuf> {
+    let canon = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    let d = Digest::sha256(canon.as_os_str().as_encoded_bytes());
+    Ok(Path::new(RUN_DIR).join(format!("{}.sock", &d.hex()[..32])))
+}
+
+/// Everything `regfs stats` shows.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MountReport {
+    pub reference: String,
+    pub manifest_digest: Digest,
+    pub mountpoint: PathBuf,
+    pub pid: u32,
+    pub open_ms: u128,
+    /// Layers that were not eStargz and were fetched whole.
+    pub fallbacks: usize,
+    pub layers: Vec<LayerReport>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LayerReport {
+    pub digest: Digest,
+    pub size: u64,
+    pub lazy: bool,
+    pub prefetch_size: u64,
+    #[serde(flatten)]
+    pub stats: regfs_fs::LayerStats,
+}
+
+/// A snapshot of `image`'s counters.
+pub fn report(image: &LazyImage, mountpoint: &Path) -> MountReport {
+    let stats = image.fs.stats();
+    let layers = image
+        .layers
+        .iter()
+        .map(|info| {
+            let stats = stats
+                .layers
+                .iter()
+                .find(|s| s.digest == info.digest)
+                .cloned()
+                .unwrap_or_else(|| empty_stats(info.digest, info.size));
+            LayerReport {
+                digest: info.digest,
+                size: info.size,
+                lazy: info.lazy,
+                prefetch_size: info.prefetch_size,
+                stats,
+            }
+        })
+        .collect();
+    MountReport {
+        reference: image.reference.to_string(),
+        manifest_digest: image.manifest_digest,
+        mountpoint: mountpoint.to_owned(),
+        pid: std::process::id(),
+        open_ms: image.open_time.as_millis(),
+        fallbacks: image.layers.iter().filter(|l| !l.lazy).count(),
+        layers,
+    }
+}
+
+fn empty_stats(digest: Digest, size: u64) -> regfs_fs::LayerStats {
+    regfs_fs::LayerStats {
+        digest,
+        size,
+        bytes_fetched: 0,
+        requests: 0,
+        cache_hits: 0,
+        cache_misses: 0,
+        prefetch: "not_started",
+        verification_failures: 0,
+        reads: 0,
+        read_around_chunks: 0,
+        read_errors: 0,
+    }
+}
+
+/// Prometheus text exposition of `r`.
+pub fn prometheus(r: &MountReport) -> String {
+    let mut out = String::new();
+    let metrics: [(&str, &str, fn(&LayerReport) -> u64); 8] = [
+        ("regfs_layer_size_bytes", "compressed layer size", |l| l.size),
+        ("regfs_layer_fetched_bytes", "compressed bytes fetched", |l| l.stats.bytes_fetched),
+        ("regfs_layer_requests_total", "requests to the registry", |l| l.stats.requests),
+        ("regfs_layer_cache_hits_total", "chunks served from the cache", |l| l.stats.cache_hits),
+        ("regfs_layer_cache_misses_total", "chunks fetched", |l| l.stats.cache_misses),
+        ("regfs_layer_verification_failures_total", "chunks with a wrong digest", |l| {
+            l.stats.verification_failures
+        }),
+        ("regfs_layer_reads_total", "read() calls", |l| l.stats.reads),
+        ("regfs_layer_lazy", "1 if the layer is served lazily", |l| u64::from(l.lazy)),
+    ];
+    for (name, help, get) in metrics {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for l in &r.layers {
+            out.push_str(&format!("{name}{{layer=\"{}\"}} {}\n", l.digest, get(l)));
+        }
+    }
+    out.push_str(&format!(
+        "# HELP regfs_fallback_layers layers fetched whole (not eStargz)\n# TYPE regfs_fallback_layers gauge\nregfs_fallback_layers {}\n",
+        r.fallbacks
+    ));
+    out
+}
+
+/// Serves JSON reports on `socket` until the task is aborted.
+pub async fn serve_socket(
+    socket: PathBuf,
+    image: Arc<LazyImage>,
+    mountpoint: PathBuf,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .with_context(|| format!("binding {}", socket.display()))?;
+    loop {
+        let (mut conn, _) = listener.accept().await?;
+        let body = serde_json::to_vec(&report(&image, &mountpoint))?;
+        let _ = conn.write_all(&body).await;
+    }
+}
+
+/// Serves `GET /metrics` (Prometheus text) on `addr` until the task is aborted.
+pub async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    image: Arc<LazyImage>,
+    mountpoint: PathBuf,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding metrics address {addr}"))?;
+    loop {
+        let (mut conn, _) = listener.accept().await?;
+        let body = prometheus(&report(&image, &mountpoint));
+        tokio::spawn(async move {
+            // One request per connection: read the request head (bounded), answer, close.
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = conn.write_all(head.as_bytes()).await;
+            let _ = conn.write_all(body.as_bytes()).await;
+        });
+    }
+}
+
+/// Reads the report of the mount at `dir` from its control socket.
+pub fn query(dir: &Path) -> anyhow::Result<serde_json::Value> {
+    use std::io::Read;
+    let socket = socket_path(dir)?;
+    let mut conn = std::os::unix::net::UnixStream::connect(&socket)
+        .with_context(|| format!("{} is not a live regfs mount (no {})", dir.display(), socket.display()))?;
+    let mut body = Vec::new();
+    conn.read_to_end(&mut body)?;
+    serde_json::from_slice(&body).context("parsing the mount's report")
+}
