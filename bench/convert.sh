@@ -2,13 +2,12 @@
 # Conversion throughput of `regfs convert` (release) vs the reference Go `esgz-oracle build` on
 # the same real tar, same gzip level (9) and chunk size (4 MiB); RUNS runs each, median wall time.
 # Both get the whole 2-core machine (Go: GOMAXPROCS=2). Prints a markdown table for BENCHMARKS.md.
-# usage: bench/convert.sh            (needs target/peers/bin/esgz-oracle or ESGZ_ORACLE)
+# usage: bench/convert.sh   (needs target/peers/bin/esgz-oracle or ESGZ_ORACLE; REGFS=path skips the build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 W=$(mktemp -d /tmp/regfs-bench-convert.XXXXXX); trap 'rm -rf "$W"' EXIT
-cargo build --release -p regfs >&2
-REGFS=${CARGO_TARGET_DIR:-target}/release/regfs
+if [ -z "${REGFS:-}" ]; then cargo build --release -p regfs >&2; REGFS=${CARGO_TARGET_DIR:-target}/release/regfs; fi
 ORACLE=${ESGZ_ORACLE:-${CARGO_TARGET_DIR:-target}/peers/bin/esgz-oracle}
 [ -x "$ORACLE" ] || { echo "no esgz-oracle at $ORACLE: run cargo test -p regfs --test format_cli once, or set ESGZ_ORACLE" >&2; exit 1; }
 # A real tree: Python's stdlib (text + .so), sbin and libexec binaries (~120 MB).

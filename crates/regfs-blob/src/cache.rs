@@ -450,13 +450,14 @@ impl LayerHandle {
         let _guard = (src == RequestSource::OnDemand && plans.iter().any(Option::is_none))
             .then(|| OnDemandGuard::new(&self.cache));
 
-        // Join or claim every chunk not found in the store.
-        let boost = Arc::new(Notify::new());
-        let mut claims = Vec::new();
+        // Join or claim every chunk not found in the store, all under the in-flight lock so
+        // that two calls never claim the same chunk.
+        let mut requests: Vec<(Vec<Range<u64>>, Arc<Notify>, Vec<Claim>)> = Vec::new();
         let mut recheck = Vec::new();
         {
             let mut flights = self.cache.flights();
-            for (s, (key, i)) in unique.iter().enumerate() {
+            let mut to_claim = Vec::new();
+            for (s, (key, _)) in unique.iter().enumerate() {
                 if plans[s].is_some() {
                     continue;
                 }
@@ -478,6 +479,29 @@ impl LayerHandle {
                     recheck.push(s);
                     continue;
                 }
+                to_claim.push(s);
+            }
+            let members: Vec<Range<u64>> = to_claim
+                .iter()
+                .map(|&s| checked[unique[s].1].0.clone())
+                .collect();
+            for request in planner::plan(&members, &self.cache.cfg) {
+                requests.push((request.ranges, Arc::new(Notify::new()), Vec::new()));
+            }
+            for &s in &to_claim {
+                let (key, i) = &unique[s];
+                let member = checked[*i].0.clone();
+                // The planner covers every member, so a request is always found.
+                let Some((_, boost, claims)) = requests.iter_mut().find(|(ranges, _, _)| {
+                    ranges
+                        .iter()
+                        .any(|r| r.start <= member.start && member.end <= r.end)
+                }) else {
+                    return Err(Error::Abandoned {
+                        layer: me,
+                        offset: chunks[*i].offset,
+                    });
+                };
                 let flight = Arc::new(Flight {
                     tx: watch::Sender::new(None),
                     boost: boost.clone(),
@@ -491,7 +515,7 @@ impl LayerHandle {
                     key: key.clone(),
                     flight,
                     chunk: chunks[*i].clone(),
-                    member: checked[*i].0.clone(),
+                    member,
                 });
             }
         }
@@ -509,7 +533,14 @@ impl LayerHandle {
             }
         }
 
-        self.spawn_requests(claims, src, boost);
+        for (ranges, boost, claims) in requests {
+            let cache = self.cache.clone();
+            let layer = self.layer.clone();
+            tokio::spawn(async move {
+                let _permit = cache.permit(src, &boost).await;
+                run_request(&layer, ranges, claims).await;
+            });
+        }
 
         // Collect results. Without `collect`, each result is dropped as soon as it arrives.
         let offsets: Vec<u64> = unique.iter().map(|(_, i)| chunks[*i].offset).collect();
@@ -599,37 +630,6 @@ impl LayerHandle {
             plans[s] = Some(Plan::Hit(bytes));
         }
         Ok(())
-    }
-
-    fn spawn_requests(&self, claims: Vec<Claim>, src: RequestSource, boost: Arc<Notify>) {
-        if claims.is_empty() {
-            return;
-        }
-        let members: Vec<Range<u64>> = claims.iter().map(|c| c.member.clone()).collect();
-        let mut claims: Vec<Option<Claim>> = claims.into_iter().map(Some).collect();
-        for request in planner::plan(&members, &self.cache.cfg) {
-            let mine: Vec<Claim> = claims
-                .iter_mut()
-                .filter(|c| {
-                    c.as_ref().is_some_and(|c| {
-                        request
-                            .ranges
-                            .iter()
-                            .any(|r| r.start <= c.member.start && c.member.end <= r.end)
-                    })
-                })
-                .filter_map(Option::take)
-                .collect();
-            let cache = self.cache.clone();
-            let layer = self.layer.clone();
-            let boost = boost.clone();
-            tokio::spawn(async move {
-                let _permit = cache.permit(src, &boost).await;
-                run_request(&layer, request.ranges, mine).await;
-            });
-        }
-        // Every member lies inside some planned range, so nothing is left; if something were,
-        // dropping its claim reports it as abandoned rather than hanging its waiters.
     }
 }
 

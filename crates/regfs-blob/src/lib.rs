@@ -34,6 +34,7 @@ mod cache;
 mod error;
 mod fault;
 mod planner;
+mod registry;
 mod source;
 mod store;
 
@@ -41,6 +42,7 @@ pub use cache::{ChunkCache, LayerBlob, LayerHandle, LayerStats, MAX_MEMBER_BYTES
 pub use error::Error;
 pub use fault::FaultySource;
 pub use planner::PlannerConfig;
+pub use registry::RegistrySource;
 pub use regfs_estargz::Chunk;
 pub use source::{BlobSource, FileSource, MAX_RANGE_BYTES, MemorySource, OciLayoutSource, RequestSource};
 pub use store::{ChunkStore, GcReport, MAX_CHUNK_SIZE, StoreUsage};

@@ -137,9 +137,20 @@ fn contain(spec: &ContainerSpec, lower: &Path, scratch: &Path) -> Result<i32, Er
         fs::create_dir_all(workdir)
             .map_err(|e| Error::io("create working directory", workdir, e))?;
     }
+    // Variables docker adds when the image and -e leave them unset.
     let mut env = spec.env.clone();
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={}", identity.home));
+    let mut defaults = vec![
+        format!("HOSTNAME={}", spec.hostname),
+        format!("HOME={}", identity.home),
+    ];
+    if spec.tty {
+        defaults.push("TERM=xterm".to_owned());
+    }
+    for default in defaults {
+        let key = default.split('=').next().unwrap_or_default();
+        if !env.iter().any(|e| e.split('=').next() == Some(key)) {
+            env.push(default);
+        }
     }
     let terminal = if spec.tty {
         Some(Terminal::open()?)
@@ -159,6 +170,8 @@ fn contain(spec: &ContainerSpec, lower: &Path, scratch: &Path) -> Result<i32, Er
 
     let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| Error::sys("create report pipe for", lower, e))?;
+    let (start_read, start_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Error::sys("create start pipe for", lower, e))?;
     let mut forwarding = Forwarding::install();
     // Block every signal across fork so the init starts with them queued
     // for its sigwaitinfo loop, never running this process's handlers.
@@ -174,7 +187,7 @@ fn contain(spec: &ContainerSpec, lower: &Path, scratch: &Path) -> Result<i32, Er
     let fork = unsafe { nix::unistd::fork() };
     if let Ok(ForkResult::Child) = fork {
         // SAFETY: we are the forked child, signals blocked, root pivoted.
-        unsafe { crate::init::init_main(&plan, report_write.as_raw_fd()) }
+        unsafe { crate::init::init_main(&plan, report_write.as_raw_fd(), start_read.as_raw_fd()) }
     }
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
     let init = match fork {
@@ -183,7 +196,11 @@ fn contain(spec: &ContainerSpec, lower: &Path, scratch: &Path) -> Result<i32, Er
         Err(e) => return Err(Error::sys("fork the container init for", lower, e)),
     };
     drop(report_write);
+    drop(start_read);
     forwarding.register(init.as_raw(), terminal.as_ref().map(|t| t.master_fd()));
+    // A failed write means the init is already gone; wait_init reports it.
+    let _ = nix::unistd::write(&start_write, b"g");
+    drop(start_write);
 
     let report = read_report(report_read);
     let relayed = match (&report, terminal) {

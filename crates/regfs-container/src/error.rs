@@ -78,6 +78,17 @@ pub enum Error {
         #[source]
         source: Errno,
     },
+    /// overlayfs refused the image dir as lower or the upper dir.
+    #[error("failed to mount overlayfs with lower dir {lower} and upper dir {upper}")]
+    Overlay {
+        /// The image root.
+        lower: PathBuf,
+        /// The upper dir (on the scratch tmpfs or under `--upper`).
+        upper: PathBuf,
+        /// The cause.
+        #[source]
+        source: Errno,
+    },
     /// `--user NAME` names no entry of the image's /etc/passwd (or group of /etc/group).
     #[error("unable to find {what} {name:?} in the image's {path}")]
     UnknownUser {
@@ -89,7 +100,7 @@ pub enum Error {
         path: PathBuf,
     },
     /// The command was not found in the container (exit status 127).
-    #[error("exec {command:?}: executable file not found in the container (searched $PATH)")]
+    #[error("{}", not_found_message(command))]
     CommandNotFound {
         /// The command as given.
         command: String,
@@ -117,6 +128,15 @@ pub enum Error {
     ThreadPanicked,
 }
 
+/// Docker's wording: a bare name was searched on `$PATH`, a path was not.
+fn not_found_message(command: &str) -> String {
+    if command.contains('/') {
+        format!("exec {command:?}: no such file or directory in the container")
+    } else {
+        format!("exec {command:?}: executable file not found in $PATH of the container")
+    }
+}
+
 impl Error {
     /// The exit status `docker run` uses for this failure: 127 for a command
     /// that does not exist, 126 for one that cannot be executed, 125 otherwise.
@@ -133,6 +153,7 @@ impl Error {
             | Error::InvalidNetMode { .. }
             | Error::Io { .. }
             | Error::Sys { .. }
+            | Error::Overlay { .. }
             | Error::UnknownUser { .. }
             | Error::Init { .. }
             | Error::ThreadPanicked => 125,

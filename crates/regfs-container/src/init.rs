@@ -13,12 +13,15 @@
 //!
 //! The init, like `docker run --init` (tini):
 //! 1. asks to be SIGKILLed if the container thread dies, closes every
-//!    inherited descriptor but stdio and the report pipe, starts a session;
+//!    inherited descriptor but stdio and its two pipes, starts a session;
 //! 2. mounts a fresh /proc (only a process inside the new PID namespace
 //!    sees the namespace's own pids there);
-//! 3. forks the command, which sets up its terminal, groups, gid, uid and
-//!    working directory, unblocks signals and execs the first `$PATH`
-//!    candidate that works;
+//!    and hides or write-protects the same /proc entries as docker
+//!    ([`MASKED_PATHS`], [`READONLY_PATHS`]);
+//! 3. forks the command, which sets up its terminal, working directory,
+//!    capability bounding set, groups, gid, uid and capabilities (docker's
+//!    default set, [`DEFAULT_CAPABILITIES`]), unblocks signals and execs the
+//!    first `$PATH` candidate that works;
 //! 4. waits in sigwaitinfo(2): every signal but SIGCHLD is forwarded to the
 //!    command, SIGCHLD reaps zombies (orphans are re-parented to PID 1), and
 //!    when the command is reaped the init exits with its status (128+N for
@@ -27,6 +30,10 @@
 //! With the command as PID 2, SIGTERM/SIGINT without a handler still
 //! terminate it, as on a host, instead of being ignored as they would be by
 //! a PID 1.
+//!
+//! Before forking the command the init waits for one byte on the *start*
+//! pipe: the container thread sends it once it has registered the init for
+//! signal forwarding, so no signal sent after the command started is lost.
 //!
 //! A failure before exec is reported as `(stage, errno)` on a close-on-exec
 //! pipe: a successful exec closes it empty.
@@ -48,6 +55,7 @@ pub(crate) enum Stage {
     SetUid = 6,
     Chdir = 7,
     Exec = 8,
+    Capabilities = 9,
 }
 
 impl Stage {
@@ -61,6 +69,7 @@ impl Stage {
             Stage::SetUid,
             Stage::Chdir,
             Stage::Exec,
+            Stage::Capabilities,
         ]
         .into_iter()
         .find(|s| *s as u32 == n)
@@ -76,12 +85,46 @@ impl Stage {
             Stage::SetUid => "set uid",
             Stage::Chdir => "enter the working directory",
             Stage::Exec => "exec the command",
+            Stage::Capabilities => "drop capabilities",
         }
     }
 }
 
 /// Size of one report: stage (u32) then errno (i32), native endian.
 pub(crate) const REPORT_LEN: usize = 8;
+
+/// Docker's default capabilities: a root command keeps only these, and
+/// setuid programs in the image can gain no other (bounding set).
+/// CHOWN, DAC_OVERRIDE, FOWNER, FSETID, KILL, SETGID, SETUID, SETPCAP,
+/// NET_BIND_SERVICE, NET_RAW, SYS_CHROOT, MKNOD, AUDIT_WRITE, SETFCAP.
+pub(crate) const DEFAULT_CAPABILITIES: u64 = 0xa804_25fb;
+
+/// Highest capability number tried when dropping the bounding set; the
+/// kernel answers EINVAL past its own last one (40 on 6.x).
+const MAX_CAPABILITY: c_int = 63;
+
+/// /proc entries docker hides (a file gets /dev/null bound over it, a
+/// directory an empty read-only tmpfs): kernel memory, keys, timers.
+const MASKED_PATHS: [&std::ffi::CStr; 9] = [
+    c"/proc/asound",
+    c"/proc/acpi",
+    c"/proc/kcore",
+    c"/proc/keys",
+    c"/proc/latency_stats",
+    c"/proc/timer_list",
+    c"/proc/timer_stats",
+    c"/proc/sched_debug",
+    c"/proc/scsi",
+];
+
+/// /proc entries docker makes read-only: kernel tunables and triggers.
+const READONLY_PATHS: [&std::ffi::CStr; 5] = [
+    c"/proc/bus",
+    c"/proc/fs",
+    c"/proc/irq",
+    c"/proc/sys",
+    c"/proc/sysrq-trigger",
+];
 
 /// What the init's name shows as in the container's `ps`.
 const INIT_NAME: &[u8] = b"regfs-init\0";
@@ -102,6 +145,9 @@ pub(crate) struct ExecPlan {
     groups: Vec<libc::gid_t>,
     /// The pty slave to become the command's stdio and controlling terminal.
     tty_slave: Option<RawFd>,
+    /// Address and length of this process's command line strings (see
+    /// [`argv_area`]), which the init overwrites.
+    argv_area: Option<(usize, usize)>,
 }
 
 impl ExecPlan {
@@ -152,8 +198,27 @@ impl ExecPlan {
             gid: ids.1,
             groups: ids.2.to_vec(),
             tty_slave,
+            argv_area: std::fs::read_to_string("/proc/self/stat")
+                .ok()
+                .and_then(|s| argv_area(&s)),
         })
     }
+}
+
+/// Most bytes of command line worth overwriting: Linux caps a command
+/// line at 2 MiB (MAX_ARG_STRLEN × …); anything larger is not a real area.
+const MAX_ARGV_AREA: usize = 2 << 20;
+
+/// The `arg_start` and `arg_end` fields (48 and 49) of /proc/self/stat, as
+/// address and length. The command name (field 2) may contain spaces and
+/// parentheses, so fields are counted after its last ')'.
+fn argv_area(stat: &str) -> Option<(usize, usize)> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(48 - 3);
+    let start: usize = fields.next()?.parse().ok()?;
+    let end: usize = fields.next()?.parse().ok()?;
+    let len = end.checked_sub(start)?;
+    (start != 0 && len > 0 && len <= MAX_ARGV_AREA).then_some((start, len))
 }
 
 fn errno() -> c_int {
@@ -176,7 +241,7 @@ fn fail(report: RawFd, stage: Stage, err: c_int, status: c_int) -> ! {
 ///
 /// # Safety
 /// Only for a freshly forked child: it closes descriptors other code may own.
-unsafe fn close_inherited(keep: &[RawFd; 2]) {
+unsafe fn close_inherited(keep: &[RawFd; 3]) {
     let mut keep = *keep;
     keep.sort_unstable();
     let mut first: libc::c_uint = 3;
@@ -199,31 +264,25 @@ unsafe fn close_inherited(keep: &[RawFd; 2]) {
 /// # Safety
 /// Must be called only in the child of fork(2), with all signals blocked and
 /// the calling thread in the container's namespaces with its root pivoted.
-pub(crate) unsafe fn init_main(plan: &ExecPlan, report: RawFd) -> ! {
+pub(crate) unsafe fn init_main(plan: &ExecPlan, report: RawFd, start: RawFd) -> ! {
     // SAFETY: only async-signal-safe system calls on prepared data below.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
-        close_inherited(&[report, plan.tty_slave.unwrap_or(-1)]);
+        close_inherited(&[report, start, plan.tty_slave.unwrap_or(-1)]);
         libc::setsid();
         libc::prctl(libc::PR_SET_NAME, INIT_NAME.as_ptr() as libc::c_ulong);
-        // Best effort: show "regfs-init" instead of the host program's
-        // command line in the container's ps; needs CAP_SYS_RESOURCE.
-        let start = INIT_NAME.as_ptr() as libc::c_ulong;
-        let end = start + INIT_NAME.len() as libc::c_ulong;
-        libc::prctl(
-            libc::PR_SET_MM,
-            libc::PR_SET_MM_ARG_START as libc::c_ulong,
-            start,
-            0,
-            0,
-        );
-        libc::prctl(
-            libc::PR_SET_MM,
-            libc::PR_SET_MM_ARG_END as libc::c_ulong,
-            end,
-            0,
-            0,
-        );
+        // Overwrite our copy of this program's command line, as
+        // setproctitle does: the container's `ps` and /proc/1/cmdline must
+        // show neither the host's program path nor its arguments.
+        if let Some((start, len)) = plan.argv_area {
+            let area = start as *mut u8;
+            std::ptr::write_bytes(area, 0, len);
+            std::ptr::copy_nonoverlapping(
+                INIT_NAME.as_ptr(),
+                area,
+                INIT_NAME.len().min(len.saturating_sub(1)),
+            );
+        }
 
         let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
         if libc::mount(
@@ -236,6 +295,18 @@ pub(crate) unsafe fn init_main(plan: &ExecPlan, report: RawFd) -> ! {
         {
             fail(report, Stage::MountProc, errno(), 125);
         }
+        protect_proc();
+
+        let mut go = 0u8;
+        loop {
+            match libc::read(start, (&mut go as *mut u8).cast(), 1) {
+                1 => break,
+                n if n < 0 && errno() == libc::EINTR => continue,
+                // The container thread gave up (or died): never start.
+                _ => libc::_exit(125),
+            }
+        }
+        libc::close(start);
 
         let command = libc::fork();
         if command < 0 {
@@ -250,6 +321,94 @@ pub(crate) unsafe fn init_main(plan: &ExecPlan, report: RawFd) -> ! {
         }
         reap_and_forward(command)
     }
+}
+
+/// Masks and write-protects /proc entries; entries this kernel lacks are
+/// skipped, like runc does.
+///
+/// # Safety
+/// Child of fork only (see [`init_main`]).
+unsafe fn protect_proc() {
+    // SAFETY: mount(2) on static C strings.
+    unsafe {
+        let null = std::ptr::null();
+        for path in MASKED_PATHS {
+            if libc::mount(
+                c"/dev/null".as_ptr(),
+                path.as_ptr(),
+                null,
+                libc::MS_BIND,
+                null.cast(),
+            ) != 0
+                && errno() == libc::ENOTDIR
+            {
+                let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+                libc::mount(
+                    c"tmpfs".as_ptr(),
+                    path.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    flags,
+                    null.cast(),
+                );
+            }
+        }
+        for path in READONLY_PATHS {
+            if libc::mount(
+                path.as_ptr(),
+                path.as_ptr(),
+                null,
+                libc::MS_BIND | libc::MS_REC,
+                null.cast(),
+            ) == 0
+            {
+                let flags = libc::MS_BIND
+                    | libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | libc::MS_NOSUID
+                    | libc::MS_NODEV
+                    | libc::MS_NOEXEC;
+                libc::mount(path.as_ptr(), path.as_ptr(), null, flags, null.cast());
+            }
+        }
+    }
+}
+
+/// `struct __user_cap_header_struct` of <linux/capability.h>.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: c_int,
+}
+
+/// `struct __user_cap_data_struct`; version 3 takes two (64 bits).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`.
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Sets effective, permitted and inheritable capabilities to `caps`.
+///
+/// # Safety
+/// Child of fork only (see [`init_main`]).
+unsafe fn set_capabilities(caps: u64) -> c_int {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let half = |bits: u32| CapData {
+        effective: bits,
+        permitted: bits,
+        inheritable: bits,
+    };
+    let data = [half(caps as u32), half((caps >> 32) as u32)];
+    // SAFETY: capset(2) reads one header and two data structs.
+    unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) as c_int }
 }
 
 /// The signals the init leaves alone: they are synchronous (faults) and
@@ -330,6 +489,16 @@ unsafe fn exec_command(plan: &ExecPlan, report: RawFd) -> ! {
         if libc::chdir(plan.workdir.as_ptr()) != 0 {
             fail(report, Stage::Chdir, errno(), 125);
         }
+        // The bounding set can only be lowered while CAP_SETPCAP is
+        // effective, i.e. before switching to a non-root uid.
+        for cap in 0..=MAX_CAPABILITY {
+            if DEFAULT_CAPABILITIES & (1u64 << cap) == 0
+                && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
+                && errno() != libc::EINVAL
+            {
+                fail(report, Stage::Capabilities, errno(), 125);
+            }
+        }
         if libc::syscall(libc::SYS_setgroups, plan.groups.len(), plan.groups.as_ptr()) != 0 {
             fail(report, Stage::SetGroups, errno(), 125);
         }
@@ -338,6 +507,11 @@ unsafe fn exec_command(plan: &ExecPlan, report: RawFd) -> ! {
         }
         if libc::syscall(libc::SYS_setresuid, plan.uid, plan.uid, plan.uid) != 0 {
             fail(report, Stage::SetUid, errno(), 125);
+        }
+        // A non-root uid has just lost every capability; root keeps
+        // docker's defaults only.
+        if plan.uid == 0 && set_capabilities(DEFAULT_CAPABILITIES) != 0 {
+            fail(report, Stage::Capabilities, errno(), 125);
         }
         // Start the command as on a host: default dispositions (this
         // process ignores SIGPIPE, as Rust programs do) and nothing blocked.
@@ -374,5 +548,23 @@ unsafe fn exec_command(plan: &ExecPlan, report: RawFd) -> ! {
             126
         };
         fail(report, Stage::Exec, err, status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_area_is_read_after_the_command_name() {
+        let mut fields: Vec<String> = (3..=52).map(|n| n.to_string()).collect();
+        fields[48 - 3] = "1000".into();
+        fields[49 - 3] = "1024".into();
+        let stat = format!("42 (we) ird (name) {}", fields.join(" "));
+        assert_eq!(argv_area(&stat), Some((1000, 24)));
+        fields[49 - 3] = "999".into();
+        assert_eq!(argv_area(&format!("42 (x) {}", fields.join(" "))), None);
+        assert_eq!(argv_area("42 (x) R 1"), None);
+        assert!(argv_area(&std::fs::read_to_string("/proc/self/stat").expect("stat")).is_some());
     }
 }

@@ -6,6 +6,8 @@
 //! the command runs as PID 2 under a tiny init in new mount, PID, UTS, IPC
 //! (and optionally network) namespaces, with a fresh /proc, a minimal /dev,
 //! read-only /sys, the host's /etc/resolv.conf and /etc/hosts, and volumes.
+//! As in docker, a root command keeps only docker's default capabilities and
+//! sensitive /proc and /sys entries are masked or read-only.
 //!
 //! Principal items:
 //! * [`ContainerSpec`] — what to run ([`NetMode`], [`Volume`]);

@@ -14,7 +14,7 @@
 //!     ├── dev/        tmpfs: null zero full random urandom tty, pts/ (devpts
 //!     │               newinstance), ptmx -> pts/ptmx, shm/ (tmpfs), mqueue/
 //!     ├── proc/       mounted by the container init (it must be in the PID ns)
-//!     ├── sys/        sysfs, read-only
+//!     ├── sys/        sysfs, read-only; firmware/ and powercap masked
 //!     ├── etc/hosts, etc/resolv.conf   bind-mounted read-only from the host
 //!     └── VOLUMES     -v HOST:CTR[:ro] binds
 //! ```
@@ -53,6 +53,10 @@ const DEVICES: [(&str, u64, u64); 6] = [
     ("urandom", 1, 9),
     ("tty", 5, 0),
 ];
+
+/// /sys directories docker hides under an empty read-only tmpfs: firmware
+/// tables and power-capping (energy counters leak side channels).
+const SYS_MASKED_DIRS: [&str; 2] = ["firmware", "devices/virtual/powercap"];
 
 /// Files of the host shared with every container, read-only.
 const HOST_FILES: [&str; 2] = ["/etc/resolv.conf", "/etc/hosts"];
@@ -190,14 +194,18 @@ pub(crate) fn build(spec: &ContainerSpec, lower: &Path, scratch: &Path) -> Resul
         overlay_path(&upper)?,
         overlay_path(&work)?
     );
-    mount(
-        "mount overlay on",
-        Some(Path::new("overlay")),
+    nix::mount::mount(
+        Some("overlay"),
         &merged,
         Some("overlay"),
         MsFlags::empty(),
-        Some(&options),
-    )?;
+        Some(options.as_str()),
+    )
+    .map_err(|source| Error::Overlay {
+        lower: lower.to_owned(),
+        upper: upper.clone(),
+        source,
+    })?;
 
     build_dev(&merged)?;
 
@@ -212,6 +220,19 @@ pub(crate) fn build(spec: &ContainerSpec, lower: &Path, scratch: &Path) -> Resul
         ro,
         None,
     )?;
+    for masked in SYS_MASKED_DIRS {
+        let dir = sys.join(masked);
+        if dir.is_dir() {
+            mount(
+                "mask",
+                Some(Path::new("tmpfs")),
+                &dir,
+                Some("tmpfs"),
+                ro,
+                None,
+            )?;
+        }
+    }
 
     ensure_target(&resolve_in_root(&merged, Path::new("/proc"))?, true)?;
 

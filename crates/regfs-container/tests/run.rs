@@ -273,3 +273,82 @@ fn invalid_specs_are_refused_before_anything_runs() {
         regfs_container::ContainerSpec::new(root.path().join("missing"), vec!["true".into()]);
     assert!(matches!(run(&spec), Err(Error::Io { .. })));
 }
+
+#[test]
+fn root_keeps_only_dockers_default_capabilities() {
+    let root = Rootfs::build();
+    let caps = "grep -E '^Cap(Eff|Bnd)' /proc/self/status";
+    let (status, out) = run_captured(root.spec(""), caps);
+    assert_eq!(status, 0, "{out}");
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(
+        words,
+        ["CapEff:", "00000000a80425fb", "CapBnd:", "00000000a80425fb"],
+        "{out}"
+    );
+
+    let mut spec = root.spec("");
+    spec.user = Some("app".into());
+    let (status, out) = run_captured(spec, caps);
+    assert_eq!(status, 0, "{out}");
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(
+        words,
+        ["CapEff:", "0000000000000000", "CapBnd:", "00000000a80425fb"],
+        "{out}"
+    );
+}
+
+#[test]
+fn proc_and_sys_entries_are_masked_or_read_only_like_docker() {
+    let root = Rootfs::build();
+    // Which masked files exist depends on the kernel's configuration.
+    let masked: Vec<&str> = [
+        "kcore",
+        "keys",
+        "timer_list",
+        "sched_debug",
+        "latency_stats",
+        "timer_stats",
+    ]
+    .into_iter()
+    .filter(|f| std::path::Path::new("/proc").join(f).exists())
+    .collect();
+    assert!(
+        !masked.is_empty(),
+        "the host /proc has none of the masked files"
+    );
+    let mut script = String::new();
+    for f in &masked {
+        script.push_str(&format!("echo {f} $(wc -c < /proc/{f}); "));
+    }
+    script.push_str("echo 1 > /proc/sys/vm/drop_caches || echo sys-ro; echo firmware $(ls /sys/firmware | wc -l)");
+    let (status, out) = run_captured(root.spec(""), &script);
+    assert_eq!(status, 0, "{out}");
+    for f in &masked {
+        assert!(
+            out.lines().any(|l| l == format!("{f} 0")),
+            "/proc/{f} is not masked: {out}"
+        );
+    }
+    assert!(
+        out.contains("Read-only file system") && out.contains("sys-ro\n"),
+        "{out}"
+    );
+    assert!(
+        out.ends_with("firmware 0\n"),
+        "/sys/firmware is not masked: {out}"
+    );
+}
+
+#[test]
+fn docker_default_variables_are_set_unless_given() {
+    let root = Rootfs::build();
+    let mut spec = root.spec("");
+    spec.hostname = "named".into();
+    let (_, out) = run_captured(spec.clone(), "echo $HOSTNAME $HOME");
+    assert_eq!(out, "named /root\n");
+    spec.env.push("HOME=/elsewhere".into());
+    let (_, out) = run_captured(spec, "echo $HOME");
+    assert_eq!(out, "/elsewhere\n");
+}

@@ -188,43 +188,66 @@ fn tty_gives_the_command_a_pty(p: &Parent) {
     );
 }
 
+type Case = (&'static str, fn(&Parent));
+
+const CASES: &[Case] = &[
+    ("echo_reaches_stdout", echo_reaches_stdout),
+    ("stdin_is_passed_through", stdin_is_passed_through),
+    (
+        "stdout_stderr_and_status_are_separate",
+        stdout_stderr_and_status_are_separate,
+    ),
+    (
+        "signals_are_forwarded_to_the_command",
+        signals_are_forwarded_to_the_command,
+    ),
+    (
+        "forwarded_term_kills_a_command_without_handler",
+        forwarded_term_kills_a_command_without_handler,
+    ),
+    ("tty_gives_the_command_a_pty", tty_gives_the_command_a_pty),
+];
+
 fn main() -> ExitCode {
     if let Ok(case) = std::env::var(CHILD_ENV) {
         return child(&case);
+    }
+    // Enough of libtest's command line for `--list`, a name filter and
+    // `--exact`, so test runners can list and select these cases.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let exact = args.iter().any(|a| a == "--exact");
+    let filter = args.iter().find(|a| !a.starts_with('-')).cloned();
+    let selected = |name: &str| match &filter {
+        None => true,
+        Some(f) if exact => name == f,
+        Some(f) => name.contains(f.as_str()),
+    };
+    if args.iter().any(|a| a == "--list") {
+        for (name, _) in CASES.iter().filter(|(name, _)| selected(name)) {
+            println!("{name}: test");
+        }
+        return ExitCode::SUCCESS;
     }
     let parent = Parent {
         rootfs: Rootfs::build(),
         out: busybox::Output::new().into_dir(),
     };
-    type Case = (&'static str, fn(&Parent));
-    let cases: &[Case] = &[
-        ("echo_reaches_stdout", echo_reaches_stdout),
-        ("stdin_is_passed_through", stdin_is_passed_through),
-        (
-            "stdout_stderr_and_status_are_separate",
-            stdout_stderr_and_status_are_separate,
-        ),
-        (
-            "signals_are_forwarded_to_the_command",
-            signals_are_forwarded_to_the_command,
-        ),
-        (
-            "forwarded_term_kills_a_command_without_handler",
-            forwarded_term_kills_a_command_without_handler,
-        ),
-        ("tty_gives_the_command_a_pty", tty_gives_the_command_a_pty),
-    ];
+
     let mut failed = 0;
-    for (name, case) in cases {
+    let mut passed = 0;
+    for (name, case) in CASES.iter().filter(|(name, _)| selected(name)) {
         match std::panic::catch_unwind(|| case(&parent)) {
-            Ok(()) => println!("test {name} ... ok"),
+            Ok(()) => {
+                println!("test {name} ... ok");
+                passed += 1;
+            }
             Err(_) => {
                 println!("test {name} ... FAILED");
                 failed += 1;
             }
         }
     }
-    println!("stdio: {} passed, {failed} failed", cases.len() - failed);
+    println!("stdio: {passed} passed, {failed} failed");
     if failed == 0 {
         ExitCode::SUCCESS
     } else {

@@ -54,7 +54,7 @@ struct Pending {
     start: Option<usize>,
     long_name: Option<Vec<u8>>,
     long_link: Option<Vec<u8>>,
-    pax: Vec<(Vec<u8>, Vec<u8>)>,
+    pax: Vec<PaxRecord>,
 }
 
 /// Scans a whole uncompressed tar. Stops at the first zero block (end-of-archive) or at the end
@@ -64,9 +64,16 @@ pub(crate) fn scan(tar: &[u8]) -> Result<Vec<TarEntry>, Error> {
     let mut pos = 0usize;
     let mut pending = Pending::default();
     while pos < tar.len() {
-        let err = |reason: String| Error::Tar { entry: format!("<header block at {pos}>"), offset: pos as u64, reason };
+        let err = |reason: String| Error::Tar {
+            entry: format!("<header block at {pos}>"),
+            offset: pos as u64,
+            reason,
+        };
         let Some(block) = tar.get(pos..pos + BLOCK) else {
-            return Err(err(format!("truncated header: {} bytes left", tar.len() - pos)));
+            return Err(err(format!(
+                "truncated header: {} bytes left",
+                tar.len() - pos
+            )));
         };
         if block.iter().all(|&b| b == 0) {
             if pending.start.is_some() {
@@ -84,10 +91,16 @@ pub(crate) fn scan(tar: &[u8]) -> Result<Vec<TarEntry>, Error> {
             let data_end = data_start
                 .checked_add(size)
                 .filter(|&e| e <= tar.len())
-                .ok_or_else(|| err(format!("extension payload of {size} bytes runs past the end of the input")))?;
+                .ok_or_else(|| {
+                    err(format!(
+                        "extension payload of {size} bytes runs past the end of the input"
+                    ))
+                })?;
             let padded = data_end.div_ceil(BLOCK) * BLOCK;
             if padded > tar.len() {
-                return Err(err("extension padding runs past the end of the input".into()));
+                return Err(err(
+                    "extension padding runs past the end of the input".into()
+                ));
             }
             pending.start.get_or_insert(pos);
             let data = &tar[data_start..data_end];
@@ -100,12 +113,19 @@ pub(crate) fn scan(tar: &[u8]) -> Result<Vec<TarEntry>, Error> {
             continue;
         }
         let header_start = pending.start.take().unwrap_or(pos);
-        let mut entry = parse_header(block, std::mem::take(&mut pending), size).map_err(|reason| Error::Tar {
-            entry: go_lossy_utf8(c_string(&block[..100])),
-            offset: pos as u64,
-            reason,
-        })?;
-        let data_len = if header_only { 0 } else { usize::try_from(entry.1).unwrap_or(usize::MAX) };
+        let mut entry =
+            parse_header(block, std::mem::take(&mut pending), size).map_err(|reason| {
+                Error::Tar {
+                    entry: go_lossy_utf8(c_string(&block[..100])),
+                    offset: pos as u64,
+                    reason,
+                }
+            })?;
+        let data_len = if header_only {
+            0
+        } else {
+            usize::try_from(entry.1).unwrap_or(usize::MAX)
+        };
         let data_end = data_start
             .checked_add(data_len)
             .filter(|&e| e <= tar.len())
@@ -154,7 +174,9 @@ fn parse_header(b: &[u8], p: Pending, size: usize) -> Result<(TarEntry, u64), St
             name = full;
         }
     }
-    let num = |r: Range<usize>, what: &str| parse_numeric(&b[r]).map_err(|e| format!("{what} field: {e}"));
+    let num = |r: Range<usize>, what: &str| {
+        parse_numeric(&b[r]).map_err(|e| format!("{what} field: {e}"))
+    };
     let mut e = TarEntry {
         header: 0..0,
         data: 0..0,
@@ -195,11 +217,16 @@ fn parse_header(b: &[u8], p: Pending, size: usize) -> Result<(TarEntry, u64), St
             b"gname" => e.gname = v,
             b"uid" => e.uid = int(&v)?,
             b"gid" => e.gid = int(&v)?,
-            b"size" => size = u64::try_from(int(&v)?).map_err(|_| "negative pax size".to_string())?,
+            b"size" => {
+                size = u64::try_from(int(&v)?).map_err(|_| "negative pax size".to_string())?
+            }
             b"mtime" => e.mtime = parse_pax_time(&v)?,
-            k if k.starts_with(b"GNU.sparse.") => return Err("GNU sparse files are not supported".into()),
+            k if k.starts_with(b"GNU.sparse.") => {
+                return Err("GNU sparse files are not supported".into());
+            }
             k if k.starts_with(b"SCHILY.xattr.") => {
-                e.xattrs.insert(go_lossy_utf8(&k[b"SCHILY.xattr.".len()..]), v);
+                e.xattrs
+                    .insert(go_lossy_utf8(&k[b"SCHILY.xattr.".len()..]), v);
             }
             _ => {}
         }
@@ -253,7 +280,10 @@ pub(crate) fn parse_numeric(b: &[u8]) -> Result<i64, String> {
         // x < 2^63, so the cast is exact.
         return Ok(if inv == 0xff { !(x as i64) } else { x as i64 });
     }
-    let start = b.iter().position(|&c| c != b' ' && c != 0).unwrap_or(b.len());
+    let start = b
+        .iter()
+        .position(|&c| c != b' ' && c != 0)
+        .unwrap_or(b.len());
     let t = c_string(&b[start..]);
     let t = &t[..t.iter().rposition(|&c| c != b' ').map_or(0, |n| n + 1)];
     if t.is_empty() {
@@ -264,7 +294,10 @@ pub(crate) fn parse_numeric(b: &[u8]) -> Result<i64, String> {
         if !(b'0'..=b'7').contains(&c) {
             return Err(format!("invalid octal {:?}", String::from_utf8_lossy(t)));
         }
-        x = x.checked_mul(8).and_then(|x| x.checked_add(u64::from(c - b'0'))).ok_or("octal overflows")?;
+        x = x
+            .checked_mul(8)
+            .and_then(|x| x.checked_add(u64::from(c - b'0')))
+            .ok_or("octal overflows")?;
     }
     i64::try_from(x).map_err(|_| "octal overflows int64".into())
 }
@@ -278,18 +311,26 @@ fn verify_checksum(b: &[u8]) -> Result<(), String> {
     }
     let want = parse_numeric(&b[148..156]).map_err(|e| format!("checksum field: {e}"))?;
     if want != unsigned && want != signed {
-        return Err(format!("header checksum {want} does not match computed {unsigned}"));
+        return Err(format!(
+            "header checksum {want} does not match computed {unsigned}"
+        ));
     }
     Ok(())
 }
 
+/// A PAX record's raw key and value.
+type PaxRecord = (Vec<u8>, Vec<u8>);
+
 /// PAX records: `"<len> <key>=<value>\n"` repeated.
-fn parse_pax(mut data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+fn parse_pax(mut data: &[u8]) -> Result<Vec<PaxRecord>, String> {
     let mut out = Vec::new();
     while !data.is_empty() {
         let bad = || "malformed PAX record".to_string();
         let sp = data.iter().position(|&c| c == b' ').ok_or_else(bad)?;
-        let len: usize = std::str::from_utf8(&data[..sp]).ok().and_then(|s| s.parse().ok()).ok_or_else(bad)?;
+        let len: usize = std::str::from_utf8(&data[..sp])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(bad)?;
         if len <= sp + 1 || len > data.len() || data[len - 1] != b'\n' {
             return Err(bad());
         }
@@ -310,10 +351,16 @@ fn parse_pax_time(v: &[u8]) -> Result<(i64, u32), String> {
     let bad = || format!("invalid pax mtime {s:?}");
     let (neg, s2) = s.strip_prefix('-').map_or((false, s), |r| (true, r));
     let (int, frac) = s2.split_once('.').unwrap_or((s2, ""));
-    if int.is_empty() && frac.is_empty() || !int.bytes().chain(frac.bytes()).all(|c| c.is_ascii_digit()) {
+    if int.is_empty() && frac.is_empty()
+        || !int.bytes().chain(frac.bytes()).all(|c| c.is_ascii_digit())
+    {
         return Err(bad());
     }
-    let secs: i64 = if int.is_empty() { 0 } else { int.parse().map_err(|_| bad())? };
+    let secs: i64 = if int.is_empty() {
+        0
+    } else {
+        int.parse().map_err(|_| bad())?
+    };
     let mut nanos: u32 = 0;
     for c in frac.bytes().chain(std::iter::repeat(b'0')).take(9) {
         nanos = nanos * 10 + u32::from(c - b'0');
@@ -340,7 +387,17 @@ pub(crate) fn ustar_header(name: &str, size: u64) -> [u8; BLOCK] {
     h[156] = b'0';
     h[257..263].copy_from_slice(b"ustar\0");
     h[263..265].copy_from_slice(b"00");
-    let sum: u32 = h.iter().enumerate().map(|(i, &c)| if (148..156).contains(&i) { 32 } else { u32::from(c) }).sum();
+    let sum: u32 = h
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                u32::from(c)
+            }
+        })
+        .sum();
     h[148..154].copy_from_slice(format!("{sum:06o}").as_bytes());
     h[154] = 0;
     h[155] = b' ';

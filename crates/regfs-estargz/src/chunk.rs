@@ -36,7 +36,10 @@ impl Chunk {
 pub fn decode_chunk(member_bytes: &[u8], chunk: &Chunk) -> Result<Vec<u8>, Error> {
     let start = usize::try_from(chunk.inner_offset).ok();
     let len = usize::try_from(chunk.chunk_size).ok();
-    let end = start.zip(len).and_then(|(s, l)| s.checked_add(l)).filter(|&e| e <= MAX_MEMBER_SIZE);
+    let end = start
+        .zip(len)
+        .and_then(|(s, l)| s.checked_add(l))
+        .filter(|&e| e <= MAX_MEMBER_SIZE);
     let (Some(start), Some(end)) = (start, end) else {
         return Err(Error::Gzip {
             offset: chunk.offset,
@@ -48,8 +51,11 @@ pub fn decode_chunk(member_bytes: &[u8], chunk: &Chunk) -> Result<Vec<u8>, Error
     };
     // Room for the tar headers that usually trail the chunk in the same member.
     let hint = end.saturating_add(16 * 1024);
-    let mut data = inflate_member(member_bytes, hint, MAX_MEMBER_SIZE)
-        .map_err(|reason| Error::Gzip { offset: chunk.offset, reason })?;
+    let mut data =
+        inflate_member(member_bytes, hint, MAX_MEMBER_SIZE).map_err(|reason| Error::Gzip {
+            offset: chunk.offset,
+            reason,
+        })?;
     if data.len() < end {
         return Err(Error::Gzip {
             offset: chunk.offset,

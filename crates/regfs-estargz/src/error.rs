@@ -20,7 +20,9 @@ pub enum Error {
     BadFooter(String),
 
     /// The footer points the TOC outside the blob.
-    #[error("toc offset {toc_offset} is outside the blob of {blob_size} bytes (footer {footer_size} bytes)")]
+    #[error(
+        "toc offset {toc_offset} is outside the blob of {blob_size} bytes (footer {footer_size} bytes)"
+    )]
     TocOffsetOutOfRange {
         toc_offset: u64,
         blob_size: u64,

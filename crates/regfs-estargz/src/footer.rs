@@ -166,7 +166,10 @@ fn parse_payload(p: &[u8]) -> Result<u64, String> {
     }
     let hex = &p[..16];
     if !hex.iter().all(u8::is_ascii_hexdigit) {
-        return Err(format!("toc offset {:?} is not 16 hex digits", String::from_utf8_lossy(hex)));
+        return Err(format!(
+            "toc offset {:?} is not 16 hex digits",
+            String::from_utf8_lossy(hex)
+        ));
     }
     // Safe: 16 ASCII hex digits always parse into a u64.
     let v = u64::from_str_radix(std::str::from_utf8(hex).unwrap_or("x"), 16)
@@ -200,7 +203,11 @@ mod tests {
             let f = parse_footer(&encode_footer(off)).unwrap();
             assert_eq!(
                 f,
-                Footer { format: BlobFormat::Estargz, toc_offset: off, footer_size: 51 }
+                Footer {
+                    format: BlobFormat::Estargz,
+                    toc_offset: off,
+                    footer_size: 51
+                }
             );
             // The legacy footer preceded by unrelated bytes, as at the end of a real blob.
             let mut blob = vec![0u8; 10];
@@ -208,7 +215,11 @@ mod tests {
             let f = parse_footer(&blob).unwrap();
             assert_eq!(
                 f,
-                Footer { format: BlobFormat::LegacyStargz, toc_offset: off, footer_size: 47 }
+                Footer {
+                    format: BlobFormat::LegacyStargz,
+                    toc_offset: off,
+                    footer_size: 47
+                }
             );
             let f = parse_footer(&encode_legacy_footer(off)).unwrap();
             assert_eq!(f.format, BlobFormat::LegacyStargz);
@@ -255,7 +266,10 @@ mod tests {
     #[test]
     fn short_or_garbage_tails_are_errors() {
         for tail in [&b""[..], b"\x1f\x8b", &[0u8; 51], &[0xffu8; 100]] {
-            assert!(matches!(parse_footer(tail), Err(Error::BadFooter(_))), "{tail:?}");
+            assert!(
+                matches!(parse_footer(tail), Err(Error::BadFooter(_))),
+                "{tail:?}"
+            );
         }
     }
 
@@ -269,7 +283,11 @@ mod tests {
         zstd40.extend_from_slice(b"GnUlInUx");
         let mut zstd64 = vec![0u8; 56];
         zstd64.extend_from_slice(b"GNUlInUx");
-        for (tail, want) in [(external, "external TOC"), (zstd40, "zstd:chunked"), (zstd64, "zstd:chunked")] {
+        for (tail, want) in [
+            (external, "external TOC"),
+            (zstd40, "zstd:chunked"),
+            (zstd64, "zstd:chunked"),
+        ] {
             let mut blob = vec![7u8; 100];
             blob.extend_from_slice(&tail);
             match parse_footer(&blob) {

@@ -154,7 +154,13 @@ impl TocIndex {
     pub fn new(toc: &Toc, blob_size: u64) -> Result<TocIndex, Error> {
         let toc_entries: &[crate::TocEntry] = toc.entries.as_deref().unwrap_or(&[]);
         let next = next_offsets(toc_entries, blob_size)?;
-        let mut ix = TocIndex { entries: Vec::new(), by_name: HashMap::new(), toc_order: Vec::new(), root: EntryId(0), implicit_name_bytes: 0 };
+        let mut ix = TocIndex {
+            entries: Vec::new(),
+            by_name: HashMap::new(),
+            toc_order: Vec::new(),
+            root: EntryId(0),
+            implicit_name_bytes: 0,
+        };
         let mut children: Vec<BTreeMap<Box<str>, EntryId>> = Vec::new();
         let mut unames: HashMap<u32, String> = HashMap::new();
         let mut gnames: HashMap<u32, String> = HashMap::new();
@@ -162,9 +168,13 @@ impl TocIndex {
         let mut last_reg_size: Option<i64> = None;
 
         for (i, te) in toc_entries.iter().enumerate() {
-            let invalid = |reason: String| Error::InvalidEntry { name: te.name.clone(), reason };
+            let invalid = |reason: String| Error::InvalidEntry {
+                name: te.name.clone(),
+                reason,
+            };
             if te.kind == EntryKind::Chunk {
-                let file = last_file.ok_or_else(|| invalid("chunk entry without a preceding file".into()))?;
+                let file = last_file
+                    .ok_or_else(|| invalid("chunk entry without a preceding file".into()))?;
                 let mut size = te.chunk_size;
                 if size == 0
                     && let Some(reg) = last_reg_size
@@ -177,9 +187,14 @@ impl TocIndex {
             }
             let name = clean_name(&te.name);
             if name.len() > MAX_PATH_LEN {
-                return Err(invalid(format!("cleaned path of {} bytes exceeds {MAX_PATH_LEN}", name.len())));
+                return Err(invalid(format!(
+                    "cleaned path of {} bytes exceeds {MAX_PATH_LEN}",
+                    name.len()
+                )));
             }
-            let u32_field = |v: i64, what: &str| u32::try_from(v).map_err(|_| invalid(format!("{what} {v} out of range")));
+            let u32_field = |v: i64, what: &str| {
+                u32::try_from(v).map_err(|_| invalid(format!("{what} {v} out of range")))
+            };
             let uid = u32_field(te.uid, "uid")?;
             let gid = u32_field(te.gid, "gid")?;
             let uname = if te.user_name.is_empty() {
@@ -194,17 +209,24 @@ impl TocIndex {
                 gnames.insert(gid, te.group_name.clone());
                 te.group_name.clone()
             };
-            let size = u64::try_from(te.size).map_err(|_| invalid(format!("negative size {}", te.size)))?;
+            let size = u64::try_from(te.size)
+                .map_err(|_| invalid(format!("negative size {}", te.size)))?;
             let mut chunks = Vec::new();
             if te.kind == EntryKind::Reg {
                 last_reg_size = Some(te.size);
                 if size > 0 {
-                    let cs = if te.chunk_size == 0 { te.size } else { te.chunk_size };
+                    let cs = if te.chunk_size == 0 {
+                        te.size
+                    } else {
+                        te.chunk_size
+                    };
                     chunks.push(make_chunk(te, cs, next[i]).map_err(invalid)?);
                 }
             }
             if ix.entries.len() >= u32::MAX as usize {
-                return Err(Error::TooManyEntries { max: u32::MAX as usize });
+                return Err(Error::TooManyEntries {
+                    max: u32::MAX as usize,
+                });
             }
             let id = EntryId(ix.entries.len() as u32);
             ix.entries.push(IndexEntry {
@@ -218,7 +240,11 @@ impl TocIndex {
                 gid,
                 uname,
                 gname,
-                modtime: te.modtime.as_deref().and_then(parse_modtime).unwrap_or((0, 0)),
+                modtime: te
+                    .modtime
+                    .as_deref()
+                    .and_then(parse_modtime)
+                    .unwrap_or((0, 0)),
                 link_name: te.link_name.clone(),
                 dev_major: u32_field(te.dev_major, "devMajor")?,
                 dev_minor: u32_field(te.dev_minor, "devMinor")?,
@@ -263,7 +289,10 @@ impl TocIndex {
         };
         let root = &ix.entries[ix.root.index()];
         if root.kind != EntryKind::Dir {
-            return Err(Error::InvalidEntry { name: root.name.clone(), reason: "the root is not a directory".into() });
+            return Err(Error::InvalidEntry {
+                name: root.name.clone(),
+                reason: "the root is not a directory".into(),
+            });
         }
         for (e, c) in ix.entries.iter_mut().zip(children) {
             e.children = c.into_iter().collect();
@@ -271,16 +300,26 @@ impl TocIndex {
         Ok(ix)
     }
 
-    fn push_implicit_dir(&mut self, name: String, num_link: u32, children: &mut Vec<BTreeMap<Box<str>, EntryId>>) -> EntryId {
+    fn push_implicit_dir(
+        &mut self,
+        name: String,
+        num_link: u32,
+        children: &mut Vec<BTreeMap<Box<str>, EntryId>>,
+    ) -> EntryId {
         let id = EntryId(self.entries.len() as u32);
-        self.entries.push(IndexEntry::implicit_dir(name.clone(), num_link));
+        self.entries
+            .push(IndexEntry::implicit_dir(name.clone(), num_link));
         children.push(BTreeMap::new());
         self.by_name.insert(name, id);
         id
     }
 
     /// The entry named `d`, creating it and its missing ancestors as implicit dirs.
-    fn get_or_create_dir(&mut self, d: &str, children: &mut Vec<BTreeMap<Box<str>, EntryId>>) -> Result<EntryId, Error> {
+    fn get_or_create_dir(
+        &mut self,
+        d: &str,
+        children: &mut Vec<BTreeMap<Box<str>, EntryId>>,
+    ) -> Result<EntryId, Error> {
         if let Some(&id) = self.by_name.get(d) {
             return Ok(id);
         }
@@ -296,8 +335,13 @@ impl TocIndex {
             cur = p;
         }
         self.implicit_name_bytes += missing.iter().map(|m| m.len() as u64 + 64).sum::<u64>();
-        if self.implicit_name_bytes > MAX_IMPLICIT_NAME_BYTES || self.entries.len() + missing.len() > 2 * crate::toc::MAX_TOC_ENTRIES {
-            return Err(Error::InvalidEntry { name: d.to_string(), reason: "too many implicit parent directories".into() });
+        if self.implicit_name_bytes > MAX_IMPLICIT_NAME_BYTES
+            || self.entries.len() + missing.len() > 2 * crate::toc::MAX_TOC_ENTRIES
+        {
+            return Err(Error::InvalidEntry {
+                name: d.to_string(),
+                reason: "too many implicit parent directories".into(),
+            });
         }
         let mut id = EntryId(0);
         for m in missing.into_iter().rev() {
@@ -310,7 +354,13 @@ impl TocIndex {
         Ok(id)
     }
 
-    fn add_child(&mut self, dir: EntryId, base: &str, child: EntryId, children: &mut [BTreeMap<Box<str>, EntryId>]) {
+    fn add_child(
+        &mut self,
+        dir: EntryId,
+        base: &str,
+        child: EntryId,
+        children: &mut [BTreeMap<Box<str>, EntryId>],
+    ) {
         if self.entries[child.index()].kind == EntryKind::Dir {
             bump(&mut self.entries[dir.index()].num_link);
         }
@@ -324,13 +374,18 @@ impl TocIndex {
             if e.kind != EntryKind::Hardlink {
                 return Ok(cur);
             }
-            cur = *self.by_name.get(&clean_name(&e.link_name)).ok_or_else(|| Error::HardlinkTargetMissing {
-                name: e.name.clone(),
-                link_name: e.link_name.clone(),
+            cur = *self.by_name.get(&clean_name(&e.link_name)).ok_or_else(|| {
+                Error::HardlinkTargetMissing {
+                    name: e.name.clone(),
+                    link_name: e.link_name.clone(),
+                }
             })?;
         }
         let e = &self.entries[id.index()];
-        Err(Error::HardlinkTargetMissing { name: e.name.clone(), link_name: format!("{} (hardlink cycle)", e.link_name) })
+        Err(Error::HardlinkTargetMissing {
+            name: e.name.clone(),
+            link_name: format!("{} (hardlink cycle)", e.link_name),
+        })
     }
 
     /// The root directory.
@@ -369,13 +424,18 @@ impl TocIndex {
     /// Children of a directory as (base name, entry), sorted by name; hardlinks appear as their
     /// target entry.
     pub fn children(&self, id: EntryId) -> impl Iterator<Item = (&str, EntryId)> + '_ {
-        self.entries[id.index()].children.iter().map(|(n, c)| (&**n, *c))
+        self.entries[id.index()]
+            .children
+            .iter()
+            .map(|(n, c)| (&**n, *c))
     }
 
     /// The child `name` of directory `dir`.
     pub fn child(&self, dir: EntryId, name: &str) -> Option<EntryId> {
         let c = &self.entries[dir.index()].children;
-        c.binary_search_by(|(n, _)| (**n).cmp(name)).ok().map(|i| c[i].1)
+        c.binary_search_by(|(n, _)| (**n).cmp(name))
+            .ok()
+            .map(|i| c[i].1)
     }
 
     /// The chunks of a regular file in file order (empty for empty files and other kinds).
@@ -386,7 +446,9 @@ impl TocIndex {
     /// The chunk holding byte `offset` of the file, `None` past the end.
     pub fn chunk_for_offset(&self, id: EntryId, offset: u64) -> Option<&Chunk> {
         let chunks = self.chunks(id);
-        let i = chunks.partition_point(|c| c.chunk_offset <= offset).checked_sub(1)?;
+        let i = chunks
+            .partition_point(|c| c.chunk_offset <= offset)
+            .checked_sub(1)?;
         let c = &chunks[i];
         (offset < c.end()).then_some(c)
     }
@@ -421,7 +483,13 @@ fn next_offsets(entries: &[crate::TocEntry], blob_size: u64) -> Result<Vec<u64>,
         let offset = u64::try_from(e.offset)
             .ok()
             .filter(|&o| o < blob_size || (o == 0 && blob_size == 0))
-            .ok_or_else(|| Error::InvalidEntry { name: e.name.clone(), reason: format!("offset {} is outside the blob of {blob_size} bytes", e.offset) })?;
+            .ok_or_else(|| Error::InvalidEntry {
+                name: e.name.clone(),
+                reason: format!(
+                    "offset {} is outside the blob of {blob_size} bytes",
+                    e.offset
+                ),
+            })?;
         if matches!(e.kind, EntryKind::Reg | EntryKind::Chunk) {
             next[i] = last;
         }
@@ -436,7 +504,9 @@ fn make_chunk(te: &crate::TocEntry, chunk_size: i64, next_offset: u64) -> Result
     let nonneg = |v: i64, what: &str| u64::try_from(v).map_err(|_| format!("negative {what} {v}"));
     let offset = nonneg(te.offset, "offset")?;
     if next_offset < offset {
-        return Err(format!("offset {offset} is past the next member at {next_offset}"));
+        return Err(format!(
+            "offset {offset} is past the next member at {next_offset}"
+        ));
     }
     Ok(Chunk {
         offset,
@@ -450,16 +520,28 @@ fn make_chunk(te: &crate::TocEntry, chunk_size: i64, next_offset: u64) -> Result
 
 /// Chunks must tile `[0, size)` in order; single chunks fall back to the file digest.
 fn check_chunks(e: &mut IndexEntry) -> Result<(), Error> {
-    let invalid = |reason: String| Error::InvalidEntry { name: e.name.clone(), reason };
+    let invalid = |reason: String| Error::InvalidEntry {
+        name: e.name.clone(),
+        reason,
+    };
     let mut pos = 0u64;
     for c in &e.chunks {
         if c.chunk_offset != pos || c.chunk_size == 0 {
-            return Err(invalid(format!("chunk at {} of {} bytes does not continue at {pos}", c.chunk_offset, c.chunk_size)));
+            return Err(invalid(format!(
+                "chunk at {} of {} bytes does not continue at {pos}",
+                c.chunk_offset, c.chunk_size
+            )));
         }
-        pos = c.chunk_offset.checked_add(c.chunk_size).ok_or_else(|| invalid("chunk end overflows".into()))?;
+        pos = c
+            .chunk_offset
+            .checked_add(c.chunk_size)
+            .ok_or_else(|| invalid("chunk end overflows".into()))?;
     }
     if pos != e.size && !(e.chunks.is_empty() && e.kind != EntryKind::Reg) {
-        return Err(invalid(format!("chunks cover {pos} bytes of a {}-byte file", e.size)));
+        return Err(invalid(format!(
+            "chunks cover {pos} bytes of a {}-byte file",
+            e.size
+        )));
     }
     if let [only] = e.chunks.as_mut_slice()
         && only.digest.is_none()
@@ -524,7 +606,10 @@ mod tests {
         assert!(ix.chunk_for_offset(one, 4).is_none());
         assert_eq!(ix.chunk_for_offset(two, 0).map(|c| c.offset), Some(20));
         let c = ix.chunk_for_offset(two, 7).unwrap();
-        assert_eq!((c.offset, c.chunk_offset, c.chunk_size, c.next_offset), (30, 4, 4, 100));
+        assert_eq!(
+            (c.offset, c.chunk_offset, c.chunk_size, c.next_offset),
+            (30, 4, 4, 100)
+        );
         assert!(ix.chunk_for_offset(two, 8).is_none());
         assert_eq!(ix.chunks(one)[0].next_offset, 20);
         assert_eq!(ix.chunks(two)[0].next_offset, 30);
@@ -551,7 +636,10 @@ mod tests {
         };
         let ix = TocIndex::new(&toc, 10).unwrap();
         let root = ix.entry(ix.root());
-        assert_eq!((root.kind, root.mode, root.num_link), (EntryKind::Dir, 0o755, 5));
+        assert_eq!(
+            (root.kind, root.mode, root.num_link),
+            (EntryKind::Dir, 0o755, 5)
+        );
         let foo1 = ix.lookup("foo/foo1").unwrap();
         assert_eq!(ix.lookup("bar/foolink"), Some(foo1));
         assert_eq!(ix.lookup("/bar/foolink2/"), Some(foo1));
@@ -569,10 +657,23 @@ mod tests {
 
     #[test]
     fn explicit_root_and_empty_toc() {
-        let toc = Toc { version: 1, entries: Some(vec![TocEntry::new("./", EntryKind::Dir), TocEntry::new("./d/", EntryKind::Dir)]) };
+        let toc = Toc {
+            version: 1,
+            entries: Some(vec![
+                TocEntry::new("./", EntryKind::Dir),
+                TocEntry::new("./d/", EntryKind::Dir),
+            ]),
+        };
         let ix = TocIndex::new(&toc, 10).unwrap();
         assert_eq!(ix.entry(ix.root()).num_link, 2);
-        let ix = TocIndex::new(&Toc { version: 1, entries: None }, 0).unwrap();
+        let ix = TocIndex::new(
+            &Toc {
+                version: 1,
+                entries: None,
+            },
+            0,
+        )
+        .unwrap();
         assert_eq!(ix.entry(ix.root()).num_link, 1);
         assert_eq!(ix.children(ix.root()).count(), 0);
     }
@@ -589,7 +690,10 @@ mod tests {
         b.gid = 8;
         let mut a2 = reg("./a", 0, 0, 0);
         a2.mode = 0o4755;
-        let toc = Toc { version: 1, entries: Some(vec![a, b, a2]) };
+        let toc = Toc {
+            version: 1,
+            entries: Some(vec![a, b, a2]),
+        };
         let ix = TocIndex::new(&toc, 10).unwrap();
         let b = ix.entry(ix.lookup("b").unwrap());
         assert_eq!((b.uname.as_str(), b.gname.as_str()), ("seven", "eight"));
@@ -613,11 +717,17 @@ mod tests {
             ("overlong", vec![reg("f", 8, 1, 4), chunk("f", 2, 4, 9)]),
             ("negative size", vec![reg("f", -1, 0, 0)]),
             ("offset past blob", vec![reg("f", 1, 1000, 0)]),
-            ("decreasing offsets", vec![reg("f", 4, 50, 2), chunk("f", 10, 2, 2)]),
+            (
+                "decreasing offsets",
+                vec![reg("f", 4, 50, 2), chunk("f", 10, 2, 2)],
+            ),
             ("root is a file", vec![reg("./", 0, 0, 0)]),
         ];
         for (what, entries) in cases {
-            let toc = Toc { version: 1, entries: Some(entries) };
+            let toc = Toc {
+                version: 1,
+                entries: Some(entries),
+            };
             assert!(TocIndex::new(&toc, 100).is_err(), "{what}");
         }
     }
@@ -625,10 +735,16 @@ mod tests {
     #[test]
     fn deep_paths_do_not_overflow_the_stack() {
         let name = "a/".repeat(MAX_PATH_LEN / 2 - 1) + "f";
-        let toc = Toc { version: 1, entries: Some(vec![reg(&name, 0, 0, 0)]) };
+        let toc = Toc {
+            version: 1,
+            entries: Some(vec![reg(&name, 0, 0, 0)]),
+        };
         let ix = TocIndex::new(&toc, 10).unwrap();
         assert!(ix.lookup(&name).is_some());
-        let toc = Toc { version: 1, entries: Some(vec![reg(&(name + "/g"), 0, 0, 0)]) };
+        let toc = Toc {
+            version: 1,
+            entries: Some(vec![reg(&(name + "/g"), 0, 0, 0)]),
+        };
         assert!(TocIndex::new(&toc, 10).is_err());
     }
 }

@@ -35,7 +35,9 @@ pub enum TocLocation {
 pub fn locate_toc(tail: &[u8], blob_size: u64) -> Result<TocLocation, Error> {
     let tail_len = tail.len() as u64;
     if tail_len > blob_size {
-        return Err(Error::BadFooter(format!("tail of {tail_len} bytes is longer than the blob of {blob_size} bytes")));
+        return Err(Error::BadFooter(format!(
+            "tail of {tail_len} bytes is longer than the blob of {blob_size} bytes"
+        )));
     }
     let footer = parse_footer(tail)?;
     let out_of_range = || Error::TocOffsetOutOfRange {
@@ -50,12 +52,20 @@ pub fn locate_toc(tail: &[u8], blob_size: u64) -> Result<TocLocation, Error> {
     }
     let tail_start = blob_size - tail_len;
     if footer.toc_offset < tail_start {
-        return Ok(TocLocation::NeedRange { start: footer.toc_offset, end: toc_end });
+        return Ok(TocLocation::NeedRange {
+            start: footer.toc_offset,
+            end: toc_end,
+        });
     }
     // Both bounds are inside `tail` (checked above), so the casts are lossless.
     let member = &tail[(footer.toc_offset - tail_start) as usize..tail.len() - footer.footer_size];
     let (toc, digest) = parse_toc_member_at(member, footer.toc_offset)?;
-    Ok(TocLocation::Parsed { toc, digest, toc_offset: footer.toc_offset, format: footer.format })
+    Ok(TocLocation::Parsed {
+        toc,
+        digest,
+        toc_offset: footer.toc_offset,
+        format: footer.format,
+    })
 }
 
 /// Gunzips the one gzip member at `member[0]` (bytes after it are ignored), checks that its
@@ -76,9 +86,14 @@ fn toc_json(member: &[u8], offset: u64) -> Result<Vec<u8>, Error> {
     // flate2's GzDecoder reads exactly one member; we stop after the JSON payload.
     let mut r = flate2::read::GzDecoder::new(member);
     let mut header = [0u8; BLOCK];
-    r.read_exact(&mut header).map_err(|e| gz_err(format!("toc tar header: {e}")))?;
+    r.read_exact(&mut header)
+        .map_err(|e| gz_err(format!("toc tar header: {e}")))?;
     let name = c_string(&header[..100]);
-    let prefix = if &header[257..263] == b"ustar\0" { c_string(&header[345..500]) } else { b"" };
+    let prefix = if &header[257..263] == b"ustar\0" {
+        c_string(&header[345..500])
+    } else {
+        b""
+    };
     if name != TOC_TAR_NAME.as_bytes() || !prefix.is_empty() || !matches!(header[156], b'0' | 0) {
         let mut shown = prefix.to_vec();
         if !shown.is_empty() {
@@ -87,15 +102,24 @@ fn toc_json(member: &[u8], offset: u64) -> Result<Vec<u8>, Error> {
         shown.extend_from_slice(name);
         return Err(Error::TocName(crate::toc::go_lossy_utf8(&shown)));
     }
-    let size = parse_numeric(&header[124..136]).map_err(|e| gz_err(format!("toc tar header size: {e}")))?;
+    let size = parse_numeric(&header[124..136])
+        .map_err(|e| gz_err(format!("toc tar header size: {e}")))?;
     let size = u64::try_from(size).map_err(|_| gz_err(format!("negative toc size {size}")))?;
     if size > MAX_TOC_SIZE {
-        return Err(Error::TocTooLarge { size, max: MAX_TOC_SIZE });
+        return Err(Error::TocTooLarge {
+            size,
+            max: MAX_TOC_SIZE,
+        });
     }
     let mut json = Vec::new();
-    r.take(size).read_to_end(&mut json).map_err(|e| gz_err(format!("toc json: {e}")))?;
+    r.take(size)
+        .read_to_end(&mut json)
+        .map_err(|e| gz_err(format!("toc json: {e}")))?;
     if json.len() as u64 != size {
-        return Err(gz_err(format!("toc json truncated: {} of {size} bytes", json.len())));
+        return Err(gz_err(format!(
+            "toc json truncated: {} of {size} bytes",
+            json.len()
+        )));
     }
     Ok(json)
 }

@@ -15,6 +15,9 @@ use libdeflater::{DecompressionError, Decompressor};
 /// to inflate without bound.
 pub const MAX_MEMBER_SIZE: usize = 1 << 30;
 
+/// Deflate's worst-case expansion: a 258-byte match costs at least 2 bits, ~1032:1.
+const MAX_DEFLATE_RATIO: usize = 1032;
+
 const FTEXT_RESERVED: u8 = 0xe0;
 const FHCRC: u8 = 0x02;
 const FEXTRA: u8 = 0x04;
@@ -58,7 +61,10 @@ pub(crate) fn parse_gzip_header(b: &[u8]) -> Result<GzipHeader, String> {
     }
     for flag in [FNAME, FCOMMENT] {
         if flags & flag != 0 {
-            let nul = b[pos..].iter().position(|&c| c == 0).ok_or("unterminated gzip name or comment")?;
+            let nul = b[pos..]
+                .iter()
+                .position(|&c| c == 0)
+                .ok_or("unterminated gzip name or comment")?;
             pos += nul + 1;
         }
     }
@@ -76,8 +82,20 @@ thread_local! {
 /// Decompresses the one gzip member at the start of `bytes` (trailing bytes are ignored).
 ///
 /// `size_hint` is the expected output size; the buffer doubles on demand up to `max`.
-pub(crate) fn inflate_member(bytes: &[u8], size_hint: usize, max: usize) -> Result<Vec<u8>, String> {
+pub(crate) fn inflate_member(
+    bytes: &[u8],
+    size_hint: usize,
+    max: usize,
+) -> Result<Vec<u8>, String> {
     parse_gzip_header(bytes)?;
+    // Deflate expands at most ~1032:1, so a short member cannot need a large buffer; this keeps
+    // a hostile TOC's huge chunk size from allocating up to `max` for a few compressed bytes.
+    let max = max.min(
+        bytes
+            .len()
+            .saturating_mul(MAX_DEFLATE_RATIO)
+            .saturating_add(1024),
+    );
     let mut cap = size_hint.clamp(64, max.max(64));
     DECOMPRESSOR.with(|d| {
         let mut d = d.borrow_mut();
@@ -94,7 +112,9 @@ pub(crate) fn inflate_member(bytes: &[u8], size_hint: usize, max: usize) -> Resu
                 Err(DecompressionError::InsufficientSpace) => {
                     return Err(format!("member inflates beyond {max} bytes"));
                 }
-                Err(DecompressionError::BadData) => return Err("corrupt deflate data or gzip trailer".into()),
+                Err(DecompressionError::BadData) => {
+                    return Err("corrupt deflate data or gzip trailer".into());
+                }
             }
         }
     })

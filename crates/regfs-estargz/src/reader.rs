@@ -37,7 +37,12 @@ impl ReadAt for [u8] {
             .ok()
             .and_then(|o| Some(o..o.checked_add(buf.len())?))
             .and_then(|r| self.get(r))
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "read past the end of the buffer"))?;
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "read past the end of the buffer",
+                )
+            })?;
         buf.copy_from_slice(src);
         Ok(())
     }
@@ -86,8 +91,24 @@ fn read_range<R: ReadAt + ?Sized>(src: &R, offset: u64, len: u64) -> Result<Vec<
         len,
         source: std::io::Error::other("range larger than the address space"),
     })?;
+    // Check the range before allocating: a hostile TOC can name ranges far past the blob.
+    if offset.checked_add(len).is_none_or(|end| end > src.size()) {
+        return Err(Error::Read {
+            offset,
+            len,
+            source: std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("range ends past the blob of {} bytes", src.size()),
+            ),
+        });
+    }
     let mut buf = vec![0u8; n];
-    src.read_exact_at(&mut buf, offset).map_err(|source| Error::Read { offset, len, source })?;
+    src.read_exact_at(&mut buf, offset)
+        .map_err(|source| Error::Read {
+            offset,
+            len,
+            source,
+        })?;
     Ok(buf)
 }
 
@@ -110,11 +131,19 @@ impl<R: ReadAt> Reader<R> {
         let tail_len = size.min(TAIL_READ_SIZE);
         let tail = read_range(&src, size - tail_len, tail_len)?;
         let (toc, toc_digest, toc_offset, format) = match locate_toc(&tail, size)? {
-            TocLocation::Parsed { toc, digest, toc_offset, format } => (toc, digest, toc_offset, format),
+            TocLocation::Parsed {
+                toc,
+                digest,
+                toc_offset,
+                format,
+            } => (toc, digest, toc_offset, format),
             TocLocation::NeedRange { start, end } => {
                 let len = end - start;
                 if len > MAX_TOC_MEMBER {
-                    return Err(Error::TocTooLarge { size: len, max: MAX_TOC_MEMBER });
+                    return Err(Error::TocTooLarge {
+                        size: len,
+                        max: MAX_TOC_MEMBER,
+                    });
                 }
                 let format = crate::footer::parse_footer(&tail)?.format;
                 let member = read_range(&src, start, len)?;
@@ -123,7 +152,15 @@ impl<R: ReadAt> Reader<R> {
             }
         };
         let index = TocIndex::new(&toc, size)?;
-        Ok(Reader { src, size, toc, toc_digest, toc_offset, format, index })
+        Ok(Reader {
+            src,
+            size,
+            toc,
+            toc_digest,
+            toc_offset,
+            format,
+            index,
+        })
     }
 
     /// The parsed TOC.
@@ -164,7 +201,10 @@ impl<R: ReadAt> Reader<R> {
     /// Checks the TOC digest against the expected one (the `toc.digest` annotation).
     pub fn verify_toc_digest(&self, want: &Digest) -> Result<(), Error> {
         if self.toc_digest != *want {
-            return Err(Error::TocDigestMismatch { want: *want, got: self.toc_digest });
+            return Err(Error::TocDigestMismatch {
+                want: *want,
+                got: self.toc_digest,
+            });
         }
         Ok(())
     }
@@ -173,15 +213,24 @@ impl<R: ReadAt> Reader<R> {
     /// have none and are returned unverified.
     pub fn read_chunk(&self, chunk: &Chunk) -> Result<Vec<u8>, Error> {
         if chunk.digest.is_none() && self.format == BlobFormat::Estargz {
-            return Err(Error::MissingChunkDigest { offset: chunk.offset, chunk_offset: chunk.chunk_offset });
+            return Err(Error::MissingChunkDigest {
+                offset: chunk.offset,
+                chunk_offset: chunk.chunk_offset,
+            });
         }
         // The last data member's bound is the blob size; the TOC member is not needed.
-        let end = if chunk.offset < self.toc_offset { chunk.next_offset.min(self.toc_offset) } else { chunk.next_offset };
+        let end = if chunk.offset < self.toc_offset {
+            chunk.next_offset.min(self.toc_offset)
+        } else {
+            chunk.next_offset
+        };
         let len = end.saturating_sub(chunk.offset);
         if len > MAX_MEMBER_SIZE as u64 {
             return Err(Error::Gzip {
                 offset: chunk.offset,
-                reason: format!("member span of {len} bytes exceeds the limit of {MAX_MEMBER_SIZE} bytes"),
+                reason: format!(
+                    "member span of {len} bytes exceeds the limit of {MAX_MEMBER_SIZE} bytes"
+                ),
             });
         }
         let member = read_range(&self.src, chunk.offset, len)?;

@@ -145,7 +145,10 @@ impl Toc {
     /// ASCII-case-insensitively with the last duplicate winning, absent fields defaulted.
     pub fn from_json(json: &[u8]) -> Result<Toc, Error> {
         if json.len() as u64 > MAX_TOC_SIZE {
-            return Err(Error::TocTooLarge { size: json.len() as u64, max: MAX_TOC_SIZE });
+            return Err(Error::TocTooLarge {
+                size: json.len() as u64,
+                max: MAX_TOC_SIZE,
+            });
         }
         let mut de = serde_json::Deserializer::from_slice(json);
         let toc = de.deserialize_map(TocVisitor).map_err(json_error)?;
@@ -181,7 +184,9 @@ impl Toc {
 
 fn json_error(e: serde_json::Error) -> Error {
     match e.to_string() {
-        m if m.contains("more than") && m.contains("entries") => Error::TooManyEntries { max: MAX_TOC_ENTRIES },
+        m if m.contains("more than") && m.contains("entries") => Error::TooManyEntries {
+            max: MAX_TOC_ENTRIES,
+        },
         m => Error::TocJson(m),
     }
 }
@@ -296,8 +301,21 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
         let (escape, len): (Option<Vec<u8>>, usize) = if let Some(e) = esc {
             (Some(e.to_vec()), 1)
         } else if c < 0x20 || c == b'<' || c == b'>' || c == b'&' {
-            (Some(vec![b'\\', b'u', b'0', b'0', HEX[(c >> 4) as usize], HEX[(c & 15) as usize]]), 1)
-        } else if c == 0xe2 && b.get(i + 1) == Some(&0x80) && matches!(b.get(i + 2), Some(0xa8 | 0xa9)) {
+            (
+                Some(vec![
+                    b'\\',
+                    b'u',
+                    b'0',
+                    b'0',
+                    HEX[(c >> 4) as usize],
+                    HEX[(c & 15) as usize],
+                ]),
+                1,
+            )
+        } else if c == 0xe2
+            && b.get(i + 1) == Some(&0x80)
+            && matches!(b.get(i + 2), Some(0xa8 | 0xa9))
+        {
             let last = if b[i + 2] == 0xa8 { b'8' } else { b'9' };
             (Some(vec![b'\\', b'u', b'2', b'0', b'2', last]), 3)
         } else if c == 0xef && b.get(i + 1) == Some(&0xbf) && b.get(i + 2) == Some(&0xbd) {
@@ -348,11 +366,19 @@ pub fn format_modtime(secs: i64, nanos: u32) -> Option<String> {
     if secs == 0 {
         return None;
     }
-    let secs = if nanos >= 500_000_000 { secs.saturating_add(1) } else { secs };
+    let secs = if nanos >= 500_000_000 {
+        secs.saturating_add(1)
+    } else {
+        secs
+    };
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    let year = if y < 0 { format!("-{:04}", -y) } else { format!("{y:04}") };
+    let year = if y < 0 {
+        format!("-{:04}", -y)
+    } else {
+        format!("{y:04}")
+    };
     Some(format!(
         "{year}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
         sod / 3600,
@@ -366,13 +392,29 @@ pub fn parse_modtime(s: &str) -> Option<(i64, u32)> {
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let d = b.get(r)?;
-        d.iter().all(u8::is_ascii_digit).then(|| d.iter().fold(0i64, |a, &c| a * 10 + i64::from(c - b'0')))
+        d.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| d.iter().fold(0i64, |a, &c| a * 10 + i64::from(c - b'0')))
     };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
-    let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 59 {
+    let (y, mo, d, h, mi, sec) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
+    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 59
+    {
         return None;
     }
     let mut pos = 19;
@@ -452,7 +494,10 @@ impl<'de> Visitor<'de> for TocVisitor {
         f.write_str("a TOC object")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Toc, A::Error> {
-        let mut toc = Toc { version: 0, entries: None };
+        let mut toc = Toc {
+            version: 0,
+            entries: None,
+        };
         while let Some(key) = map.next_key::<Key>()? {
             match key.0.as_str() {
                 "version" => toc.version = map.next_value::<Option<i64>>()?.unwrap_or(0),
@@ -479,7 +524,11 @@ impl<'de> serde::Deserialize<'de> for Key {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
                 // Keys we know are short; don't copy long unknown keys.
-                Ok(Key(if v.len() <= 16 { v.to_ascii_lowercase() } else { String::new() }))
+                Ok(Key(if v.len() <= 16 {
+                    v.to_ascii_lowercase()
+                } else {
+                    String::new()
+                }))
             }
         }
         d.deserialize_str(V)
@@ -513,7 +562,9 @@ impl<'de> Visitor<'de> for EntriesSeed {
         let mut out = Vec::new();
         while let Some(e) = seq.next_element_seed(EntrySeed)? {
             if out.len() >= MAX_TOC_ENTRIES {
-                return Err(de::Error::custom(format!("more than {MAX_TOC_ENTRIES} entries")));
+                return Err(de::Error::custom(format!(
+                    "more than {MAX_TOC_ENTRIES} entries"
+                )));
             }
             out.push(e);
         }
@@ -547,12 +598,19 @@ impl<'de> Visitor<'de> for EntrySeed {
         let mut kind: Option<String> = None;
         while let Some(key) = map.next_key::<Key>()? {
             let int = |m: &mut A| m.next_value::<Option<i64>>().map(Option::unwrap_or_default);
-            let string = |m: &mut A| m.next_value::<Option<String>>().map(Option::unwrap_or_default);
+            let string = |m: &mut A| {
+                m.next_value::<Option<String>>()
+                    .map(Option::unwrap_or_default)
+            };
             match key.0.as_str() {
                 "name" => e.name = string(&mut map)?,
                 "type" => kind = Some(string(&mut map)?),
                 "size" => e.size = int(&mut map)?,
-                "modtime" => e.modtime = map.next_value::<Option<String>>()?.filter(|s| !s.is_empty()),
+                "modtime" => {
+                    e.modtime = map
+                        .next_value::<Option<String>>()?
+                        .filter(|s| !s.is_empty())
+                }
                 "linkname" => e.link_name = string(&mut map)?,
                 "mode" => e.mode = int(&mut map)?,
                 "uid" => e.uid = int(&mut map)?,
@@ -567,9 +625,9 @@ impl<'de> Visitor<'de> for EntrySeed {
                     let raw = map.next_value::<Option<BTreeMap<String, Option<String>>>>()?;
                     let mut x = BTreeMap::new();
                     for (k, v) in raw.unwrap_or_default() {
-                        let v = BASE64
-                            .decode(v.unwrap_or_default())
-                            .map_err(|err| de::Error::custom(format!("xattr {k:?}: invalid base64: {err}")))?;
+                        let v = BASE64.decode(v.unwrap_or_default()).map_err(|err| {
+                            de::Error::custom(format!("xattr {k:?}: invalid base64: {err}"))
+                        })?;
                         x.insert(k, v);
                     }
                     e.xattrs = x;
@@ -597,7 +655,10 @@ mod tests {
 
     #[test]
     fn empty_toc_matches_the_golden_vector() {
-        let toc = Toc { version: 1, entries: None };
+        let toc = Toc {
+            version: 1,
+            entries: None,
+        };
         let json = toc.to_json();
         assert_eq!(json, b"{\n\t\"version\": 1,\n\t\"entries\": null\n}");
         assert_eq!(json.len(), 35);
@@ -633,13 +694,25 @@ mod tests {
         chunk.offset = 255;
         chunk.chunk_offset = 4;
         chunk.chunk_digest = Some(Digest::sha256(b" contents"));
-        let mut odd = TocEntry::new("a&b<c>.txt\u{2028}\"\\\n\u{8}\u{c}\u{1}\u{7f}é\u{fffd}", EntryKind::Symlink);
+        let mut odd = TocEntry::new(
+            "a&b<c>.txt\u{2028}\"\\\n\u{8}\u{c}\u{1}\u{7f}é\u{fffd}",
+            EntryKind::Symlink,
+        );
         odd.link_name = "../x".into();
         odd.mode = -1;
         let mut dev = TocEntry::new("dev/c", EntryKind::Char);
         dev.dev_major = 5;
         dev.dev_minor = 6;
-        Toc { version: 1, entries: Some(vec![reg, chunk, odd, dev, TocEntry::new("d/", EntryKind::Dir)]) }
+        Toc {
+            version: 1,
+            entries: Some(vec![
+                reg,
+                chunk,
+                odd,
+                dev,
+                TocEntry::new("d/", EntryKind::Dir),
+            ]),
+        }
     }
 
     #[test]
@@ -664,10 +737,16 @@ mod tests {
         let toc = Toc::from_json(json).unwrap();
         let e = &toc.entries.as_ref().unwrap()[0];
         assert_eq!(toc.version, 1);
-        assert_eq!((e.name.as_str(), e.kind, e.size, e.mode), ("a", EntryKind::Reg, 0, 2));
+        assert_eq!(
+            (e.name.as_str(), e.kind, e.size, e.mode),
+            ("a", EntryKind::Reg, 0, 2)
+        );
         assert_eq!(e.xattrs.get("k"), Some(&vec![]));
         assert_eq!(e.digest, None);
-        assert_eq!(parse_modtime(e.modtime.as_deref().unwrap()), Some((1_614_834_367, 500_000_000)));
+        assert_eq!(
+            parse_modtime(e.modtime.as_deref().unwrap()),
+            Some((1_614_834_367, 500_000_000))
+        );
         assert_eq!(toc.entries.as_ref().unwrap()[1].name, "");
     }
 
@@ -683,7 +762,11 @@ mod tests {
             b"{\"entries\": [{\"type\": \"reg\", \"xattrs\": {\"a\": \"!!\"}}]}",
             b"{\"version\": 1} trailing",
         ] {
-            assert!(Toc::from_json(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+            assert!(
+                Toc::from_json(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
@@ -699,17 +782,29 @@ mod tests {
         for (s, n, want) in cases {
             assert_eq!(format_modtime(s, n).as_deref(), want, "{s}.{n}");
             if let Some(w) = want {
-                assert_eq!(parse_modtime(w).map(|t| t.0), Some(s + i64::from(n >= 500_000_000)));
+                assert_eq!(
+                    parse_modtime(w).map(|t| t.0),
+                    Some(s + i64::from(n >= 500_000_000))
+                );
             }
         }
-        for bad in ["", "2021-02-30T00:00:00Z", "2021-03-04 05:06:07Z", "2021-03-04T05:06:07", "2021-03-04T05:06:07.Z"] {
+        for bad in [
+            "",
+            "2021-02-30T00:00:00Z",
+            "2021-03-04 05:06:07Z",
+            "2021-03-04T05:06:07",
+            "2021-03-04T05:06:07.Z",
+        ] {
             assert_eq!(parse_modtime(bad), None, "{bad}");
         }
     }
 
     #[test]
     fn lossy_utf8_replaces_each_invalid_byte() {
-        assert_eq!(go_lossy_utf8(b"a\xe2\x82b\xff"), "a\u{fffd}\u{fffd}b\u{fffd}");
+        assert_eq!(
+            go_lossy_utf8(b"a\xe2\x82b\xff"),
+            "a\u{fffd}\u{fffd}b\u{fffd}"
+        );
         assert_eq!(go_lossy_utf8("é".as_bytes()), "é");
     }
 }

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use regfs_estargz::{Digest, EntryId, EntryKind, TocIndex};
 
 use crate::Error;
-use crate::inode::{Dirent, FLAG_XATTR, Inode, InodeTable, MAX_LAYERS, NAME_MAX, StoredChunk, Xattr};
+use crate::inode::{Dirent, Inode, InodeTable, MAX_LAYERS, NAME_MAX, StoredChunk, Xattr};
 
 /// Names that exist in a layer's root for the format's sake, not the image's.
 const HIDDEN_ROOT_NAMES: [&str; 3] = [
@@ -246,14 +246,9 @@ impl<'a> Builder<'a> {
                     }
                 }
             };
-            let name_off = self.table.intern(name.as_bytes())?;
+            let name_off = self.table.intern_name(name.as_bytes())?;
             let dirent_index = to_u32(self.table.dirents.len(), "directory entries")?;
-            self.table.dirents.push(Dirent {
-                name: name_off,
-                ino,
-                // acceptable_name bounds it by NAME_MAX.
-                name_len: name.len() as u16,
-            });
+            self.table.dirents.push(Dirent { name: name_off, ino });
             let inode = &mut self.table.inodes[ino as usize];
             if inode.dirent == u32::MAX {
                 inode.dirent = dirent_index;
@@ -300,14 +295,14 @@ impl<'a> Builder<'a> {
             size: 0,
             mtime_secs: secs,
             mtime_nanos: nanos,
-            mode: kind | (e.mode & 0o7777),
+            // S_IFMT and 0o7777 together fit 16 bits.
+            mode: (kind | (e.mode & 0o7777)) as u16,
             uid: e.uid,
             gid: e.gid,
             nlink: 0,
             parent,
             dirent: u32::MAX,
             layer,
-            flags: 0,
             data: 0,
             data_len: 0,
         };
@@ -391,9 +386,6 @@ impl<'a> Builder<'a> {
                 _ => merged.push((ino, list)),
             }
         }
-        for (ino, _) in &merged {
-            t.inodes[*ino as usize].flags |= FLAG_XATTR;
-        }
         t.xattrs = merged;
         t.shrink_to_fit();
         Ok(self.table)
@@ -413,14 +405,13 @@ fn empty_root() -> Inode {
         size: 0,
         mtime_secs: 0,
         mtime_nanos: 0,
-        mode: libc::S_IFDIR | 0o755,
+        mode: (libc::S_IFDIR | 0o755) as u16,
         uid: 0,
         gid: 0,
         nlink: 2,
         parent: 0,
         dirent: u32::MAX,
         layer: 0,
-        flags: 0,
         data: 0,
         data_len: 0,
     }
@@ -429,7 +420,7 @@ fn empty_root() -> Inode {
 /// What overlayfs reads as a whiteout: a character device 0/0.
 fn whiteout_device(parent: u32) -> Inode {
     Inode {
-        mode: libc::S_IFCHR,
+        mode: libc::S_IFCHR as u16,
         parent,
         ..empty_root()
     }

@@ -72,9 +72,14 @@ impl Default for MountOptions {
 }
 
 /// A mounted image. Dropping it unmounts (and waits for the FUSE threads).
+///
+/// Unmounting never waits for the network: reads still in flight are answered `EIO` first, then
+/// the mount is detached (lazily if a process still has a file open; the FUSE threads end when
+/// the last such file is closed).
 pub struct MountGuard {
     session: Option<fuser::BackgroundSession>,
     dir: PathBuf,
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 impl MountGuard {
@@ -85,23 +90,46 @@ impl MountGuard {
 
     /// Unmounts and waits for the FUSE threads, reporting failures (drop ignores them).
     pub fn unmount(mut self) -> Result<(), Error> {
-        match self.session.take() {
-            Some(s) => s
-                .umount_and_join()
-                .map_err(|e| Error::mount("unmounting", &self.dir, e)),
-            None => Ok(()),
-        }
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), Error> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        self.shutdown.send_replace(true);
+        umount(&self.dir).map_err(|e| Error::mount("unmounting", &self.dir, e))?;
+        session
+            .join()
+            .map_err(|e| Error::mount("joining the FUSE threads of", &self.dir, e))
     }
 }
 
 impl Drop for MountGuard {
     fn drop(&mut self) {
-        if let Some(s) = self.session.take()
-            && let Err(e) = s.umount_and_join()
-        {
+        if let Err(e) = self.stop() {
             tracing::warn!(dir = %self.dir.display(), error = %e, "unmount failed");
         }
     }
+}
+
+/// `umount`, or a lazy detach when a process still holds a file open (EBUSY).
+fn umount(dir: &Path) -> io::Result<()> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the calls.
+    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EBUSY) {
+        return Err(err);
+    }
+    // SAFETY: as above.
+    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    Err(io::Error::last_os_error())
 }
 
 /// Mounts `fs` read-only on `dir`.
@@ -126,18 +154,21 @@ pub fn mount(fs: Arc<ImageFs>, dir: &Path, opts: MountOptions) -> Result<MountGu
     }
     cfg.n_threads = Some(opts.threads.max(1));
     cfg.clone_fd = true;
+    let (shutdown, stopping) = tokio::sync::watch::channel(false);
     let adapter = FuseFs {
         fs,
         runtime,
         ttl: opts.ttl,
         passthrough: AtomicBool::new(opts.passthrough),
         backing: Mutex::new(HashMap::new()),
+        stopping,
     };
     let session =
         fuser::spawn_mount(adapter, dir, &cfg).map_err(|e| Error::mount("mounting", dir, e))?;
     Ok(MountGuard {
         session: Some(session),
         dir: dir.to_path_buf(),
+        shutdown,
     })
 }
 
@@ -150,6 +181,8 @@ struct FuseFs {
     /// Backing ids of passthrough-open inodes and their open counts: the kernel requires one
     /// backing id per inode while any handle is open.
     backing: Mutex<HashMap<u64, (Arc<BackingId>, u64)>>,
+    /// Becomes true when unmounting: reads still waiting are answered EIO.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -325,10 +358,14 @@ impl Filesystem for FuseFs {
         reply: ReplyData,
     ) {
         let fs = self.fs.clone();
+        let mut stopping = self.stopping.clone();
         self.runtime.spawn(async move {
-            match fs.read(Ino(ino.0), offset, size).await {
-                Ok(bytes) => reply.data(&bytes),
-                Err(e) => reply.error(errno(&e)),
+            tokio::select! {
+                read = fs.read(Ino(ino.0), offset, size) => match read {
+                    Ok(bytes) => reply.data(&bytes),
+                    Err(e) => reply.error(errno(&e)),
+                },
+                _ = stopping.wait_for(|stop| *stop) => reply.error(Errno::EIO),
             }
         });
     }

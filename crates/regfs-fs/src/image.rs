@@ -11,7 +11,7 @@ use regfs_estargz::{Digest, TocIndex};
 
 use crate::access::AccessLog;
 use crate::build::{self, View};
-use crate::inode::{Attr, DirEntry, FLAG_XATTR, FileKind, Ino, Inode, InodeTable};
+use crate::inode::{Attr, DirEntry, FileKind, Ino, Inode, InodeTable};
 use crate::stats::{FsStats, LayerCounters};
 use crate::Error;
 
@@ -190,10 +190,7 @@ impl ImageFs {
             ino,
             name: name.to_string_lossy().into_owned(),
         };
-        let inode = self.inode(ino)?;
-        if inode.flags & FLAG_XATTR == 0 {
-            return Err(no());
-        }
+        self.inode(ino)?;
         let index = ino.index().ok_or_else(no)?;
         self.table
             .xattrs_of(index)
@@ -205,10 +202,7 @@ impl ImageFs {
 
     /// The names of an inode's extended attributes, sorted.
     pub fn listxattr(&self, ino: Ino) -> Result<Vec<&OsStr>, Error> {
-        let inode = self.inode(ino)?;
-        if inode.flags & FLAG_XATTR == 0 {
-            return Ok(Vec::new());
-        }
+        self.inode(ino)?;
         let index = ino.index().unwrap_or(0);
         Ok(self
             .table

@@ -44,7 +44,10 @@ impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Credentials::UserPassword { username, .. } => {
-                write!(f, "UserPassword {{ username: {username:?}, password: <redacted> }}")
+                write!(
+                    f,
+                    "UserPassword {{ username: {username:?}, password: <redacted> }}"
+                )
             }
             Credentials::IdentityToken(_) => f.write_str("IdentityToken(<redacted>)"),
         }
@@ -203,7 +206,10 @@ pub(crate) async fn docker_credentials(
     };
     let text = match tokio::fs::metadata(&path).await {
         Ok(m) if m.len() > MAX_DOCKER_CONFIG_LEN => {
-            return Err(cred_err(format!("{} is larger than {MAX_DOCKER_CONFIG_LEN} bytes", path.display())));
+            return Err(cred_err(format!(
+                "{} is larger than {MAX_DOCKER_CONFIG_LEN} bytes",
+                path.display()
+            )));
         }
         Ok(_) => tokio::fs::read_to_string(&path)
             .await
@@ -255,10 +261,19 @@ async fn run_helper(name: &str, host: &str) -> Result<Option<Credentials>, Error
         host: host.to_owned(),
         reason,
     };
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
-        return Err(cred_err(format!("credential helper name {name:?} is not a plain name")));
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(cred_err(format!(
+            "credential helper name {name:?} is not a plain name"
+        )));
     }
-    let server = if host == DOCKER_HUB { DOCKER_HUB_AUTH_KEY } else { host };
+    let server = if host == DOCKER_HUB {
+        DOCKER_HUB_AUTH_KEY
+    } else {
+        host
+    };
     let mut child = tokio::process::Command::new(&program)
         .arg("get")
         .stdin(std::process::Stdio::piped())
@@ -275,7 +290,11 @@ async fn run_helper(name: &str, host: &str) -> Result<Option<Credentials>, Error
     }
     let out = tokio::time::timeout(HELPER_TIMEOUT, child.wait_with_output())
         .await
-        .map_err(|_| cred_err(format!("{program} did not answer within {HELPER_TIMEOUT:?}")))?
+        .map_err(|_| {
+            cred_err(format!(
+                "{program} did not answer within {HELPER_TIMEOUT:?}"
+            ))
+        })?
         .map_err(|e| cred_err(format!("running {program}: {e}")))?;
     if !out.status.success() {
         let msg = String::from_utf8_lossy(&out.stdout).to_string()
@@ -283,7 +302,11 @@ async fn run_helper(name: &str, host: &str) -> Result<Option<Credentials>, Error
         if msg.to_ascii_lowercase().contains("credentials not found") {
             return Ok(None);
         }
-        return Err(cred_err(format!("{program} failed ({}): {}", out.status, msg.trim())));
+        return Err(cred_err(format!(
+            "{program} failed ({}): {}",
+            out.status,
+            msg.trim()
+        )));
     }
     let reply: HelperReply = serde_json::from_slice(&out.stdout)
         .map_err(|e| cred_err(format!("{program} printed no credentials JSON: {e}")))?;
@@ -366,7 +389,10 @@ mod tests {
                 password: "p2".into()
             })
         );
-        assert_eq!(get("c.example").await, Some(Credentials::IdentityToken("rt".into())));
+        assert_eq!(
+            get("c.example").await,
+            Some(Credentials::IdentityToken("rt".into()))
+        );
         assert_eq!(get("d.example").await, None);
     }
 }

@@ -22,7 +22,9 @@ use tokio::io::{AsyncWrite, AsyncWriteExt};
 use url::Url;
 
 use crate::client::{Endpoint, Req, pull_scope};
-use crate::range::{RangePart, multipart_boundary, parse_content_range, parse_multipart, slice_from_parts};
+use crate::range::{
+    RangePart, multipart_boundary, parse_content_range, parse_multipart, slice_from_parts,
+};
 use crate::{Client, Error, Reference};
 
 /// Blobs fetched whole into memory (configs, TOCs, small layers) are capped here; bigger ones go
@@ -39,16 +41,28 @@ impl Client {
     /// The size of blob `digest` in `repo`'s repository (HEAD, or a 1-byte GET if HEAD has no
     /// length).
     pub async fn blob_size(&self, repo: &Reference, digest: &Digest) -> Result<u64, Error> {
-        self.on_hosts(&repo.registry, |c| c.pull, |ep| self.blob_size_once(ep, repo, digest))
-            .await
+        self.on_hosts(
+            &repo.registry,
+            |c| c.pull,
+            |ep| self.blob_size_once(ep, repo, digest),
+        )
+        .await
     }
 
-    async fn blob_size_once(&self, ep: Arc<Endpoint>, repo: &Reference, digest: &Digest) -> Result<u64, Error> {
+    async fn blob_size_once(
+        &self,
+        ep: Arc<Endpoint>,
+        repo: &Reference,
+        digest: &Digest,
+    ) -> Result<u64, Error> {
         let scopes = [pull_scope(&repo.repository)];
         let url = ep.url(&repo.repository, &format!("blobs/{digest}"))?;
         let (resp, final_url) = self.send(&ep, Req::new(Method::HEAD, url, &scopes)).await?;
         let resp = self.check(resp, &final_url).await?;
-        if let Some(n) = resp.content_length().filter(|_| resp.status() == StatusCode::OK) {
+        // reqwest's content_length() is the body's size hint, 0 for HEAD; read the header.
+        let announced = header_str(resp.headers(), http::header::CONTENT_LENGTH)
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(n) = announced.filter(|_| resp.status() == StatusCode::OK) {
             return Ok(n);
         }
         let (resp, final_url) = self.blob_get(&ep, repo, digest, Some("bytes=0-0")).await?;
@@ -70,14 +84,21 @@ impl Client {
 
     /// Bytes `range` of blob `digest`. Not verified (a range cannot be); the caller checks the
     /// chunk digests of the eStargz TOC.
-    pub async fn read_range(&self, repo: &Reference, digest: &Digest, range: Range<u64>) -> Result<Bytes, Error> {
+    pub async fn read_range(
+        &self,
+        repo: &Reference,
+        digest: &Digest,
+        range: Range<u64>,
+    ) -> Result<Bytes, Error> {
         check_range(digest, &range)?;
         if range.is_empty() {
             return Ok(Bytes::new());
         }
-        self.on_hosts(&repo.registry, |c| c.pull, |ep| {
-            self.read_range_once(ep, repo, digest, range.clone())
-        })
+        self.on_hosts(
+            &repo.registry,
+            |c| c.pull,
+            |ep| self.read_range_once(ep, repo, digest, range.clone()),
+        )
         .await
     }
 
@@ -94,7 +115,9 @@ impl Client {
         match resp.status() {
             StatusCode::PARTIAL_CONTENT => {
                 if is_multipart(resp.headers()) {
-                    let parts = self.multipart_parts(resp, &url, std::slice::from_ref(&range)).await?;
+                    let parts = self
+                        .multipart_parts(resp, &url, std::slice::from_ref(&range))
+                        .await?;
                     return slice_from_parts(&parts, range.start, range.end).ok_or_else(|| {
                         Error::BadRangeReply {
                             url: url.to_string(),
@@ -138,9 +161,11 @@ impl Client {
         for batch in ranges.chunks(MAX_RANGES_PER_REQUEST) {
             let wanted: Vec<Range<u64>> = batch.iter().filter(|r| !r.is_empty()).cloned().collect();
             let got = if wanted.len() > 1 {
-                self.on_hosts(&repo.registry, |c| c.pull, |ep| {
-                    self.read_ranges_once(ep, repo, digest, &wanted)
-                })
+                self.on_hosts(
+                    &repo.registry,
+                    |c| c.pull,
+                    |ep| self.read_ranges_once(ep, repo, digest, &wanted),
+                )
                 .await?
             } else {
                 None
@@ -149,7 +174,9 @@ impl Client {
                 Some(g) => g,
                 None => {
                     futures::future::try_join_all(
-                        wanted.iter().map(|r| self.read_range(repo, digest, r.clone())),
+                        wanted
+                            .iter()
+                            .map(|r| self.read_range(repo, digest, r.clone())),
                     )
                     .await?
                 }
@@ -180,7 +207,10 @@ impl Client {
         if !ep.multi_range.load(Ordering::Relaxed) {
             return Ok(None);
         }
-        let spec: Vec<String> = ranges.iter().map(|r| format!("{}-{}", r.start, r.end - 1)).collect();
+        let spec: Vec<String> = ranges
+            .iter()
+            .map(|r| format!("{}-{}", r.start, r.end - 1))
+            .collect();
         let header = format!("bytes={}", spec.join(","));
         let (resp, url) = self.blob_get(&ep, repo, digest, Some(&header)).await?;
         if matches!(resp.status().as_u16(), 400 | 416 | 501) {
@@ -210,12 +240,18 @@ impl Client {
             StatusCode::OK => {
                 let end = ranges.iter().map(|r| r.end).max().unwrap_or(0);
                 let data = self.read_prefix(resp, &url, end).await?;
-                vec![RangePart { start: 0, end, data }]
+                vec![RangePart {
+                    start: 0,
+                    end,
+                    data,
+                }]
             }
             s => return Err(unexpected(&url, s)),
         };
-        let sliced: Option<Vec<Bytes>> =
-            ranges.iter().map(|r| slice_from_parts(&parts, r.start, r.end)).collect();
+        let sliced: Option<Vec<Bytes>> = ranges
+            .iter()
+            .map(|r| slice_from_parts(&parts, r.start, r.end))
+            .collect();
         if sliced.is_none() {
             ep.multi_range.store(false, Ordering::Relaxed);
         }
@@ -238,7 +274,9 @@ impl Client {
         let hi = ranges.iter().map(|r| r.end).max().unwrap_or(0);
         let limit = (hi - lo)
             .saturating_add(MULTIPART_PART_OVERHEAD.saturating_mul(ranges.len() as u64 + 1));
-        let body = self.read_body(resp, url, limit, "multipart range reply").await?;
+        let body = self
+            .read_body(resp, url, limit, "multipart range reply")
+            .await?;
         parse_multipart(&body, &boundary).map_err(|reason| Error::BadRangeReply {
             url: url.to_string(),
             reason,
@@ -247,7 +285,8 @@ impl Client {
 
     /// The whole blob, verified against `digest`, in memory (at most [`MAX_IN_MEMORY_BLOB`]).
     pub async fn fetch_blob(&self, repo: &Reference, digest: &Digest) -> Result<Bytes, Error> {
-        self.fetch_blob_limited(repo, digest, MAX_IN_MEMORY_BLOB).await
+        self.fetch_blob_limited(repo, digest, MAX_IN_MEMORY_BLOB)
+            .await
     }
 
     pub(crate) async fn fetch_blob_limited(
@@ -256,23 +295,34 @@ impl Client {
         digest: &Digest,
         limit: u64,
     ) -> Result<Bytes, Error> {
-        self.on_hosts(&repo.registry, |c| c.pull, |ep| async move {
-            let (resp, url) = self.blob_get(&ep, repo, digest, None).await?;
-            let resp = self.check(resp, &url).await?;
-            if resp.status() != StatusCode::OK {
-                return Err(unexpected(&url, resp.status()));
-            }
-            let body = self.read_body(resp, &url, limit, &format!("blob {digest}")).await?;
-            verify(&body, digest, &url)?;
-            Ok(body)
-        })
+        self.on_hosts(
+            &repo.registry,
+            |c| c.pull,
+            |ep| async move {
+                let (resp, url) = self.blob_get(&ep, repo, digest, None).await?;
+                let resp = self.check(resp, &url).await?;
+                if resp.status() != StatusCode::OK {
+                    return Err(unexpected(&url, resp.status()));
+                }
+                let body = self
+                    .read_body(resp, &url, limit, &format!("blob {digest}"))
+                    .await?;
+                verify(&body, digest, &url)?;
+                Ok(body)
+            },
+        )
         .await
     }
 
     /// Streams blob `digest` into `w` and verifies it; returns its size. A transfer cut short is
     /// resumed with a Range request from where it stopped. On a digest mismatch the bytes have
     /// already been written: the caller must discard them.
-    pub async fn fetch_blob_to<W>(&self, repo: &Reference, digest: &Digest, w: &mut W) -> Result<u64, Error>
+    pub async fn fetch_blob_to<W>(
+        &self,
+        repo: &Reference,
+        digest: &Digest,
+        w: &mut W,
+    ) -> Result<u64, Error>
     where
         W: AsyncWrite + Unpin + ?Sized,
     {
@@ -287,7 +337,10 @@ impl Client {
             loop {
                 match self.stream_once(ep, repo, digest, w, &mut progress).await {
                     Ok(url) => {
-                        w.flush().await.map_err(|source| Error::Write { digest: *digest, source })?;
+                        w.flush().await.map_err(|source| Error::Write {
+                            digest: *digest,
+                            source,
+                        })?;
                         let actual = progress.hasher.finish();
                         if actual != *digest {
                             return Err(Error::DigestMismatch {
@@ -358,9 +411,10 @@ impl Client {
             if data.is_empty() {
                 continue;
             }
-            w.write_all(data)
-                .await
-                .map_err(|source| Error::Write { digest: *digest, source })?;
+            w.write_all(data).await.map_err(|source| Error::Write {
+                digest: *digest,
+                source,
+            })?;
             p.hasher.update(data);
             p.written += data.len() as u64;
         }
@@ -396,11 +450,17 @@ impl Client {
         }
         let key = (format!("{}/{}", ep.spec.api_root, repo.repository), *digest);
         if let Some(target) = self.cached_redirect(&key) {
-            let resp = self.send_plain(ep, target.clone(), headers.clone()).await?;
-            if !matches!(resp.status().as_u16(), 401 | 403 | 404 | 410) {
-                return Ok((resp, target));
+            match self.send_plain(ep, target.clone(), headers.clone()).await {
+                Ok(resp) if !matches!(resp.status().as_u16(), 401 | 403 | 404 | 410) => {
+                    return Ok((resp, target));
+                }
+                Ok(resp) => {
+                    tracing::debug!(url = %target, status = %resp.status(), "cached blob URL expired; asking the registry again");
+                }
+                Err(e) => {
+                    tracing::debug!(url = %target, error = %e, "cached blob URL unreachable; asking the registry again");
+                }
             }
-            tracing::debug!(url = %target, status = %resp.status(), "cached blob URL expired; asking the registry again");
             self.set_redirect(key.clone(), None);
         }
         let scopes = [pull_scope(&repo.repository)];
@@ -449,7 +509,11 @@ fn header_str(h: &HeaderMap, name: http::header::HeaderName) -> Option<&str> {
 }
 
 fn is_multipart(h: &HeaderMap) -> bool {
-    header_str(h, CONTENT_TYPE).is_some_and(|c| c.trim_start().to_ascii_lowercase().starts_with("multipart/byteranges"))
+    header_str(h, CONTENT_TYPE).is_some_and(|c| {
+        c.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("multipart/byteranges")
+    })
 }
 
 fn content_range(resp: &reqwest::Response, url: &Url) -> Result<(u64, u64, Option<u64>), Error> {

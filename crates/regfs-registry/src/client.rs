@@ -31,7 +31,9 @@ use http::{Method, StatusCode};
 use regfs_estargz::Digest;
 use url::Url;
 
-use crate::auth::{Challenge, Credentials, TokenReply, docker_config_dir, docker_credentials, parse_challenge};
+use crate::auth::{
+    Challenge, Credentials, TokenReply, docker_config_dir, docker_credentials, parse_challenge,
+};
 use crate::hosts::{Capabilities, HostSpec, host_specs};
 use crate::{Error, Platform};
 
@@ -158,7 +160,10 @@ pub(crate) struct Endpoint {
 impl Endpoint {
     /// `<api_root>/<repo>/<tail>`.
     pub(crate) fn url(&self, repo: &str, tail: &str) -> Result<Url, Error> {
-        let s = format!("{}/{repo}/{tail}", self.spec.api_root.as_str().trim_end_matches('/'));
+        let s = format!(
+            "{}/{repo}/{tail}",
+            self.spec.api_root.as_str().trim_end_matches('/')
+        );
         Url::parse(&s).map_err(|e| Error::Protocol {
             url: s.clone(),
             reason: e.to_string(),
@@ -185,6 +190,8 @@ struct Inner {
     endpoints: Mutex<HashMap<String, Arc<[Arc<Endpoint>]>>>,
     challenges: Mutex<HashMap<String, Challenge>>,
     tokens: Mutex<HashMap<(String, String), Token>>,
+    /// One token fetch at a time per (host, scope): concurrent cold reads share its result.
+    token_fetches: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
     credentials: tokio::sync::Mutex<HashMap<String, Option<Credentials>>>,
     /// Where a blob GET was last redirected to, by (API root + repo, digest).
     redirects: Mutex<HashMap<(String, Digest), Url>>,
@@ -260,6 +267,7 @@ impl Client {
                 endpoints: Mutex::default(),
                 challenges: Mutex::default(),
                 tokens: Mutex::default(),
+                token_fetches: Mutex::default(),
                 credentials: tokio::sync::Mutex::default(),
                 redirects: Mutex::default(),
                 counters: Counters::default(),
@@ -344,7 +352,9 @@ impl Client {
             .connect_timeout(cfg.request_timeout)
             .read_timeout(cfg.request_timeout);
         b = match &cfg.proxy {
-            Some(p) => b.proxy(reqwest::Proxy::all(p).map_err(|e| setup(format!("bad proxy: {e}")))?),
+            Some(p) => {
+                b.proxy(reqwest::Proxy::all(p).map_err(|e| setup(format!("bad proxy: {e}")))?)
+            }
             None => b.no_proxy(),
         };
         if key.skip_verify {
@@ -352,7 +362,8 @@ impl Client {
         }
         let mut roots = Vec::new();
         for ca in &key.ca {
-            let pem = std::fs::read(ca).map_err(|e| setup(format!("reading ca {}: {e}", ca.display())))?;
+            let pem = std::fs::read(ca)
+                .map_err(|e| setup(format!("reading ca {}: {e}", ca.display())))?;
             roots.extend(
                 reqwest::Certificate::from_pem_bundle(&pem)
                     .map_err(|e| setup(format!("ca {}: {e}", ca.display())))?,
@@ -490,12 +501,11 @@ impl Client {
                     });
                 }
                 answered_challenge = true;
-                self.learn_challenge(ep, &resp, req.scopes).await?;
+                self.learn_challenge(ep, &resp, req.scopes, auth.as_ref())
+                    .await?;
                 continue;
             }
-            if resp.status().is_redirection()
-                && matches!(req.method, Method::GET | Method::HEAD)
-            {
+            if resp.status().is_redirection() && matches!(req.method, Method::GET | Method::HEAD) {
                 return self.follow(ep, &req, resp).await;
             }
             return Ok((resp, req.url));
@@ -516,6 +526,7 @@ impl Client {
         ep: &Endpoint,
         resp: &reqwest::Response,
         scopes: &[String],
+        sent: Option<&HeaderValue>,
     ) -> Result<(), Error> {
         let challenge = resp
             .headers()
@@ -528,7 +539,10 @@ impl Client {
                 reason: "401 without a Basic or Bearer WWW-Authenticate challenge".into(),
             })?;
         if challenge == Challenge::Basic
-            && !matches!(self.credentials_for(ep).await?, Some(Credentials::UserPassword { .. }))
+            && !matches!(
+                self.credentials_for(ep).await?,
+                Some(Credentials::UserPassword { .. })
+            )
         {
             return Err(Error::Unauthorized {
                 host: ep.authority.clone(),
@@ -536,7 +550,18 @@ impl Client {
             });
         }
         lock(&self.inner.challenges).insert(ep.authority.clone(), challenge);
-        lock(&self.inner.tokens).remove(&(ep.authority.clone(), scopes.join(" ")));
+        // Drop the cached token only if it is the one just refused: a concurrent request may
+        // already have replaced it with a fresh one.
+        let key = (ep.authority.clone(), scopes.join(" "));
+        let mut tokens = lock(&self.inner.tokens);
+        let refused = tokens.get(&key).is_some_and(|t| {
+            sent.and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                == Some(t.value.as_str())
+        });
+        if refused {
+            tokens.remove(&key);
+        }
         Ok(())
     }
 
@@ -607,7 +632,9 @@ impl Client {
             } else {
                 None
             };
-            resp = self.send_raw(ep, req, next.clone(), auth.as_ref(), None).await?;
+            resp = self
+                .send_raw(ep, req, next.clone(), auth.as_ref(), None)
+                .await?;
             url = next;
         }
         if resp.status().is_redirection() {
@@ -649,27 +676,42 @@ impl Client {
     }
 
     /// The Authorization header for a request to `ep`, from what its last challenge asked for.
-    async fn auth_header(&self, ep: &Endpoint, scopes: &[String]) -> Result<Option<HeaderValue>, Error> {
+    async fn auth_header(
+        &self,
+        ep: &Endpoint,
+        scopes: &[String],
+    ) -> Result<Option<HeaderValue>, Error> {
         let challenge = lock(&self.inner.challenges).get(&ep.authority).cloned();
         let value = match challenge {
             None => return Ok(None),
             Some(Challenge::Basic) => match self.credentials_for(ep).await? {
-                Some(Credentials::UserPassword { username, password }) => basic(&username, &password),
+                Some(Credentials::UserPassword { username, password }) => {
+                    basic(&username, &password)
+                }
                 _ => return Ok(None),
             },
             Some(Challenge::Bearer { realm, service }) => {
                 let key = (ep.authority.clone(), scopes.join(" "));
-                let cached = lock(&self.inner.tokens)
-                    .get(&key)
-                    .filter(|t| Instant::now() < t.renew_at)
-                    .map(|t| t.value.clone());
-                let token = match cached {
+                let token = match self.cached_token(&key) {
                     Some(t) => t,
                     None => {
-                        let t = self.fetch_token(ep, &realm, service.as_deref(), scopes).await?;
-                        let value = t.value.clone();
-                        lock(&self.inner.tokens).insert(key, t);
-                        value
+                        let gate = lock(&self.inner.token_fetches)
+                            .entry(key.clone())
+                            .or_default()
+                            .clone();
+                        let _turn = gate.lock().await;
+                        // Whoever held the gate before us may have fetched it already.
+                        match self.cached_token(&key) {
+                            Some(t) => t,
+                            None => {
+                                let t = self
+                                    .fetch_token(ep, &realm, service.as_deref(), scopes)
+                                    .await?;
+                                let value = t.value.clone();
+                                lock(&self.inner.tokens).insert(key, t);
+                                value
+                            }
+                        }
                     }
                 };
                 format!("Bearer {token}")
@@ -683,7 +725,17 @@ impl Client {
         Ok(Some(v))
     }
 
-    pub(crate) async fn credentials_for(&self, ep: &Endpoint) -> Result<Option<Credentials>, Error> {
+    fn cached_token(&self, key: &(String, String)) -> Option<String> {
+        lock(&self.inner.tokens)
+            .get(key)
+            .filter(|t| Instant::now() < t.renew_at)
+            .map(|t| t.value.clone())
+    }
+
+    pub(crate) async fn credentials_for(
+        &self,
+        ep: &Endpoint,
+    ) -> Result<Option<Credentials>, Error> {
         if let Some(c) = self.inner.cfg.credentials.get(&ep.cred_host) {
             return Ok(Some(c.clone()));
         }
@@ -709,7 +761,10 @@ impl Client {
         service: Option<&str>,
         scopes: &[String],
     ) -> Result<Token, Error> {
-        self.inner.counters.token_fetches.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .counters
+            .token_fetches
+            .fetch_add(1, Ordering::Relaxed);
         let realm_url = Url::parse(realm).map_err(|e| Error::Token {
             realm: realm.to_owned(),
             reason: format!("realm is not a URL: {e}"),
@@ -728,7 +783,10 @@ impl Client {
                     ("username", username.as_str()),
                     ("password", password.as_str()),
                 ];
-                match self.token_post(ep, &realm_url, service, scopes, &form).await? {
+                match self
+                    .token_post(ep, &realm_url, service, scopes, &form)
+                    .await?
+                {
                     Some(r) => r,
                     None => {
                         self.token_get(ep, &realm_url, service, scopes, Some((username, password)))
@@ -737,7 +795,10 @@ impl Client {
                 }
             }
             Some(Credentials::IdentityToken(rt)) => {
-                let form = [("grant_type", "refresh_token"), ("refresh_token", rt.as_str())];
+                let form = [
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", rt.as_str()),
+                ];
                 self.token_post(ep, &realm_url, service, scopes, &form)
                     .await?
                     .ok_or_else(|| Error::Unauthorized {
@@ -745,7 +806,10 @@ impl Client {
                         reason: format!("token endpoint {realm} refused the identity token"),
                     })?
             }
-            None => self.token_get(ep, &realm_url, service, scopes, None).await?,
+            None => {
+                self.token_get(ep, &realm_url, service, scopes, None)
+                    .await?
+            }
         };
         let value = reply.bearer().ok_or_else(|| Error::Token {
             realm: realm.to_owned(),
@@ -760,7 +824,10 @@ impl Client {
             .filter(|l| !l.is_zero())
             .unwrap_or(lifetime / 2);
         if let (Some(rt), Some(Credentials::IdentityToken(_))) = (&reply.refresh_token, &creds) {
-            tracing::debug!(len = rt.len(), "token endpoint rotated the refresh token; keeping ours");
+            tracing::debug!(
+                len = rt.len(),
+                "token endpoint rotated the refresh token; keeping ours"
+            );
         }
         Ok(Token {
             value: value.to_owned(),
@@ -777,21 +844,25 @@ impl Client {
         scopes: &[String],
         grant: &[(&str, &str)],
     ) -> Result<Option<TokenReply>, Error> {
-        let mut form = url::form_urlencoded::Serializer::new(String::new());
-        form.extend_pairs(grant.iter().copied());
-        form.append_pair("client_id", OAUTH_CLIENT_ID);
-        if let Some(s) = service {
-            form.append_pair("service", s);
-        }
-        if !scopes.is_empty() {
-            form.append_pair("scope", &scopes.join(" "));
-        }
+        // The serializer is not Send; finish it before any await.
+        let form = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.extend_pairs(grant.iter().copied());
+            form.append_pair("client_id", OAUTH_CLIENT_ID);
+            if let Some(s) = service {
+                form.append_pair("service", s);
+            }
+            if !scopes.is_empty() {
+                form.append_pair("scope", &scopes.join(" "));
+            }
+            form.finish()
+        };
         self.inner.counters.requests.fetch_add(1, Ordering::Relaxed);
         let resp = ep
             .http
             .post(realm.clone())
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(form.finish())
+            .body(form)
             .timeout(self.inner.cfg.request_timeout)
             .send()
             .await
@@ -820,7 +891,10 @@ impl Client {
                 q.append_pair("scope", s);
             }
         }
-        let mut b = ep.http.get(url.clone()).timeout(self.inner.cfg.request_timeout);
+        let mut b = ep
+            .http
+            .get(url.clone())
+            .timeout(self.inner.cfg.request_timeout);
         if let Some((u, p)) = basic_auth {
             b = b.header(AUTHORIZATION, basic(u, p));
         }
@@ -830,7 +904,9 @@ impl Client {
             return Err(Error::Unauthorized {
                 host: ep.authority.clone(),
                 reason: match basic_auth {
-                    Some((u, _)) => format!("token endpoint {realm} rejected the credentials of {u:?}"),
+                    Some((u, _)) => {
+                        format!("token endpoint {realm} rejected the credentials of {u:?}")
+                    }
                     None => format!("token endpoint {realm} refused an anonymous token"),
                 },
             });
@@ -840,7 +916,9 @@ impl Client {
 
     async fn token_reply(&self, resp: reqwest::Response, realm: &Url) -> Result<TokenReply, Error> {
         let resp = self.check(resp, realm).await?;
-        let body = self.read_body(resp, realm, MAX_TOKEN_REPLY, "token reply").await?;
+        let body = self
+            .read_body(resp, realm, MAX_TOKEN_REPLY, "token reply")
+            .await?;
         serde_json::from_slice(&body).map_err(|e| Error::Token {
             realm: realm.to_string(),
             reason: format!("reply is not token JSON: {e}"),
@@ -849,13 +927,19 @@ impl Client {
 
     /// Turns non-2xx replies into errors (404 → NotFound, others with Retry-After and a body
     /// excerpt).
-    pub(crate) async fn check(&self, resp: reqwest::Response, url: &Url) -> Result<reqwest::Response, Error> {
+    pub(crate) async fn check(
+        &self,
+        resp: reqwest::Response,
+        url: &Url,
+    ) -> Result<reqwest::Response, Error> {
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
         }
         if status == StatusCode::NOT_FOUND {
-            return Err(Error::NotFound { url: url.to_string() });
+            return Err(Error::NotFound {
+                url: url.to_string(),
+            });
         }
         let retry_after = resp
             .headers()
@@ -947,7 +1031,10 @@ impl Client {
 
 fn basic(user: &str, password: &str) -> String {
     let raw = format!("{user}:{password}");
-    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw))
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    )
 }
 
 /// The first bytes of an error body, for messages.

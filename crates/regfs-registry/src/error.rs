@@ -78,10 +78,18 @@ pub enum Error {
     BadRangeReply { url: String, reason: String },
     /// The body ended before the announced or requested number of bytes.
     #[error("short body from {url}: expected {expected} bytes, got {got}")]
-    ShortBody { url: String, expected: u64, got: u64 },
+    ShortBody {
+        url: String,
+        expected: u64,
+        got: u64,
+    },
     /// A byte range that is empty-inverted or reaches past the blob.
     #[error("invalid range {start}..{end} for blob {digest}")]
-    InvalidRange { digest: Digest, start: u64, end: u64 },
+    InvalidRange {
+        digest: Digest,
+        start: u64,
+        end: u64,
+    },
     /// The registry kept redirecting.
     #[error("too many redirects starting at {url}")]
     TooManyRedirects { url: String },

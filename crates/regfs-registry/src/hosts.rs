@@ -106,9 +106,8 @@ pub(crate) fn host_specs(
                     reason: e.to_string(),
                 })?;
                 let is_default = candidate.ends_with("_default");
-                return parse_hosts(&text, &origin_url, &candidate, is_default).map_err(|reason| {
-                    Error::HostsConfig { path: file, reason }
-                });
+                return parse_hosts(&text, &origin_url, &candidate, is_default)
+                    .map_err(|reason| Error::HostsConfig { path: file, reason });
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => {
@@ -156,12 +155,7 @@ pub(crate) fn parse_hosts(
     Ok(specs)
 }
 
-fn host_spec(
-    url: &str,
-    t: &toml::Table,
-    base: &Path,
-    is_origin: bool,
-) -> Result<HostSpec, String> {
+fn host_spec(url: &str, t: &toml::Table, base: &Path, is_origin: bool) -> Result<HostSpec, String> {
     let plain_http = get_bool(t, "plain_http")?;
     let with_scheme = if url.contains("://") {
         url.to_owned()
@@ -172,7 +166,9 @@ fn host_spec(
     };
     let mut api_root = Url::parse(&with_scheme).map_err(|e| format!("host {url:?}: {e}"))?;
     if !matches!(api_root.scheme(), "http" | "https") || api_root.host_str().is_none() {
-        return Err(format!("host {url:?}: need an http or https URL with a host"));
+        return Err(format!(
+            "host {url:?}: need an http or https URL with a host"
+        ));
     }
     let path = api_root.path().trim_end_matches('/').to_owned();
     let path = if get_bool(t, "override_path")? || path.ends_with("/v2") {
@@ -208,7 +204,11 @@ fn host_spec(
         Some(toml::Value::String(s)) => vec![resolve_path(s)],
         Some(toml::Value::Array(a)) => a
             .iter()
-            .map(|v| v.as_str().map(resolve_path).ok_or("`ca` entries must be strings"))
+            .map(|v| {
+                v.as_str()
+                    .map(resolve_path)
+                    .ok_or("`ca` entries must be strings")
+            })
             .collect::<Result<_, _>>()?,
         Some(_) => return Err("`ca` must be a string or a list".into()),
     };
@@ -316,21 +316,60 @@ x-many = ["a", "b"]
 plain_http = true
 override_path = true
 "#;
-        let specs = parse_hosts(text, "https://unused", Path::new("/etc/hosts.d/r"), false).unwrap();
+        let specs =
+            parse_hosts(text, "https://unused", Path::new("/etc/hosts.d/r"), false).unwrap();
         assert_eq!(specs.len(), 3);
         assert_eq!(specs[0].api_root.as_str(), "https://zz-mirror.example/v2");
         assert!(specs[0].skip_verify && !specs[0].capabilities.push);
         assert_eq!(
             specs[0].ca,
-            vec![PathBuf::from("/etc/hosts.d/r/a.pem"), PathBuf::from("/abs/b.pem")]
+            vec![
+                PathBuf::from("/etc/hosts.d/r/a.pem"),
+                PathBuf::from("/abs/b.pem")
+            ]
         );
         assert_eq!(specs[0].client.len(), 2);
         assert_eq!(specs[0].headers.len(), 3);
-        assert_eq!(specs[1].api_root.as_str(), "http://aa-mirror.example:8080/prefix");
+        assert_eq!(
+            specs[1].api_root.as_str(),
+            "http://aa-mirror.example:8080/prefix"
+        );
         assert!(specs[1].capabilities.push);
         assert!(specs[2].is_origin);
         assert_eq!(specs[2].api_root.as_str(), "https://origin.example/v2");
-        assert_eq!(specs[2].ca, vec![PathBuf::from("/etc/hosts.d/r/origin-ca.pem")]);
+        assert_eq!(
+            specs[2].ca,
+            vec![PathBuf::from("/etc/hosts.d/r/origin-ca.pem")]
+        );
+    }
+
+    #[test]
+    fn own_directory_wins_over_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            std::fs::create_dir_all(dir.path().join(name)).unwrap();
+            std::fs::write(dir.path().join(name).join("hosts.toml"), text).unwrap();
+        };
+        write(
+            "_default",
+            "server = \"https://ignored.example\"\n[host.\"https://all.example\"]\n",
+        );
+        write("own.example", "[host.\"https://own-mirror.example\"]\n");
+        let urls = |reg: &str| -> Vec<String> {
+            host_specs(reg, Some(dir.path()), &[])
+                .unwrap()
+                .iter()
+                .map(|s| s.api_root.to_string())
+                .collect()
+        };
+        assert_eq!(
+            urls("own.example"),
+            ["https://own-mirror.example/v2", "https://own.example/v2"]
+        );
+        assert_eq!(
+            urls("other.example"),
+            ["https://all.example/v2", "https://other.example/v2"]
+        );
     }
 
     #[test]
@@ -342,7 +381,10 @@ override_path = true
             "[host.\"https://x\"]\nskip_verify = \"yes\"",
             "not toml at all [",
         ] {
-            assert!(parse_hosts(bad, "https://o", Path::new("/"), false).is_err(), "{bad}");
+            assert!(
+                parse_hosts(bad, "https://o", Path::new("/"), false).is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -44,3 +44,31 @@ pub use manifest::{
 pub use platform::Platform;
 pub use reference::Reference;
 pub use regfs_estargz::Digest;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: T) {}
+
+    /// Callers spawn these futures on tokio's multi-thread runtime and share the client.
+    #[test]
+    fn client_and_futures_are_send() {
+        let c = Client::new(ClientConfig::default()).unwrap();
+        send_sync(&c);
+        let r: Reference = "127.0.0.1:1/a/b:c".parse().unwrap();
+        let d = Digest::sha256(b"");
+        send(c.resolve(&r));
+        send(c.fetch_manifest(&r));
+        send(c.blob_size(&r, &d));
+        send(c.read_range(&r, &d, 0..1));
+        send(c.read_ranges(&r, &d, &[0..1, 2..3]));
+        send(c.fetch_blob(&r, &d));
+        let mut sink = Vec::new();
+        send(c.fetch_blob_to(&r, &d, &mut sink));
+        send(c.push_blob(&r, &d, bytes::Bytes::new()));
+        send(c.mount_blob(&r, "x", &d));
+        send(c.push_manifest(&r, MEDIA_TYPE_OCI_MANIFEST, bytes::Bytes::new()));
+    }
+}

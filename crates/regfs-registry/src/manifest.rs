@@ -28,7 +28,8 @@ pub const MAX_CONFIG_SIZE: u64 = 16 * 1024 * 1024;
 pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const MEDIA_TYPE_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const MEDIA_TYPE_DOCKER_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
 
 const ACCEPTED: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 
@@ -68,7 +69,13 @@ pub(crate) fn media_type_of(body: &[u8], content_type: Option<&str>) -> Result<S
         return Ok(mt);
     }
     let ct = content_type
-        .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .filter(|c| {
             [
                 MEDIA_TYPE_OCI_MANIFEST,
@@ -115,7 +122,10 @@ impl Client {
         let scopes = [pull_scope(&r.repository)];
         let url = ep.url(&r.repository, &format!("manifests/{}", r.manifest_key()))?;
         let (resp, url) = self
-            .send(&ep, Req::new(Method::GET, url, &scopes).header(ACCEPT, ACCEPTED))
+            .send(
+                &ep,
+                Req::new(Method::GET, url, &scopes).header(ACCEPT, ACCEPTED),
+            )
             .await?;
         let resp = self.check(resp, &url).await?;
         let content_type = resp
@@ -141,12 +151,11 @@ impl Client {
                 actual,
             });
         }
-        let media_type = media_type_of(&body, content_type.as_deref()).map_err(|reason| {
-            Error::BadManifest {
+        let media_type =
+            media_type_of(&body, content_type.as_deref()).map_err(|reason| Error::BadManifest {
                 what: format!("manifest {r}"),
                 reason,
-            }
-        })?;
+            })?;
         Ok((body, media_type, actual))
     }
 
@@ -159,12 +168,21 @@ impl Client {
                 what: format!("index {r}"),
                 reason: e.to_string(),
             })?;
-            let platform = self.config().platform.clone().unwrap_or_else(Platform::host);
-            let i = platform.pick(&index).ok_or_else(|| Error::NoMatchingPlatform {
-                reference: r.to_string(),
-                platform: platform.to_string(),
-            })?;
-            let d = parse_digest(index.manifests()[i].digest().as_ref(), &format!("index {r}"))?;
+            let platform = self
+                .config()
+                .platform
+                .clone()
+                .unwrap_or_else(Platform::host);
+            let i = platform
+                .pick(&index)
+                .ok_or_else(|| Error::NoMatchingPlatform {
+                    reference: r.to_string(),
+                    platform: platform.to_string(),
+                })?;
+            let d = parse_digest(
+                index.manifests()[i].digest().as_ref(),
+                &format!("index {r}"),
+            )?;
             (body, media_type, digest) = self.fetch_manifest(&r.with_digest(d)).await?;
             if is_index(&media_type) {
                 return Err(Error::BadManifest {
@@ -177,14 +195,18 @@ impl Client {
             what: format!("manifest {r}"),
             reason: e.to_string(),
         })?;
-        let config_digest = parse_digest(manifest.config().digest().as_ref(), &format!("manifest {r}"))?;
+        let config_digest = parse_digest(
+            manifest.config().digest().as_ref(),
+            &format!("manifest {r}"),
+        )?;
         let config_bytes = self
             .fetch_blob_limited(r, &config_digest, MAX_CONFIG_SIZE)
             .await?;
-        let config = ImageConfiguration::from_reader(&config_bytes[..]).map_err(|e| Error::BadManifest {
-            what: format!("config {config_digest} of {r}"),
-            reason: e.to_string(),
-        })?;
+        let config =
+            ImageConfiguration::from_reader(&config_bytes[..]).map_err(|e| Error::BadManifest {
+                what: format!("config {config_digest} of {r}"),
+                reason: e.to_string(),
+            })?;
         Ok(ResolvedImage {
             reference: r.with_digest(digest),
             manifest_digest: digest,
@@ -197,7 +219,12 @@ impl Client {
     }
 
     /// Uploads a manifest or index under `r`'s tag (or digest); returns its digest.
-    pub async fn push_manifest(&self, r: &Reference, media_type: &str, body: Bytes) -> Result<Digest, Error> {
+    pub async fn push_manifest(
+        &self,
+        r: &Reference,
+        media_type: &str,
+        body: Bytes,
+    ) -> Result<Digest, Error> {
         let digest = Digest::sha256(&body);
         if body.len() as u64 > MAX_MANIFEST_SIZE {
             return Err(Error::TooLarge {
@@ -220,7 +247,8 @@ impl Client {
         };
         let url = ep.url(&r.repository, &format!("manifests/{key}"))?;
         self.retrying(|| async {
-            let mut req = Req::new(Method::PUT, url.clone(), &scopes).header(CONTENT_TYPE, media_type);
+            let mut req =
+                Req::new(Method::PUT, url.clone(), &scopes).header(CONTENT_TYPE, media_type);
             req.body = Some(body.clone());
             let (resp, url) = self.send(&ep, req).await?;
             let resp = self.check(resp, &url).await?;
@@ -251,15 +279,31 @@ mod tests {
     #[test]
     fn media_type_detection() {
         let cases: &[(&str, Option<&str>, Option<&str>)] = &[
-            (r#"{"mediaType":"x/y","layers":[]}"#, Some(MEDIA_TYPE_OCI_INDEX), Some("x/y")),
-            (r#"{"layers":[]}"#, Some("application/vnd.docker.distribution.manifest.v2+json; charset=utf-8"), Some(MEDIA_TYPE_DOCKER_MANIFEST)),
-            (r#"{"layers":[]}"#, Some("application/json"), Some(MEDIA_TYPE_OCI_MANIFEST)),
+            (
+                r#"{"mediaType":"x/y","layers":[]}"#,
+                Some(MEDIA_TYPE_OCI_INDEX),
+                Some("x/y"),
+            ),
+            (
+                r#"{"layers":[]}"#,
+                Some("application/vnd.docker.distribution.manifest.v2+json; charset=utf-8"),
+                Some(MEDIA_TYPE_DOCKER_MANIFEST),
+            ),
+            (
+                r#"{"layers":[]}"#,
+                Some("application/json"),
+                Some(MEDIA_TYPE_OCI_MANIFEST),
+            ),
             (r#"{"manifests":[]}"#, None, Some(MEDIA_TYPE_OCI_INDEX)),
             (r#"{"schemaVersion":2}"#, None, None),
             ("not json", None, None),
         ];
         for (body, ct, want) in cases {
-            assert_eq!(media_type_of(body.as_bytes(), *ct).ok().as_deref(), *want, "{body}");
+            assert_eq!(
+                media_type_of(body.as_bytes(), *ct).ok().as_deref(),
+                *want,
+                "{body}"
+            );
         }
     }
 }

@@ -71,7 +71,8 @@ impl FromStr for Platform {
 
     fn from_str(s: &str) -> Result<Platform, Error> {
         let parts: Vec<&str> = s.split('/').collect();
-        let ok = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let ok =
+            |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !(2..=3).contains(&parts.len()) || !parts.iter().all(ok) {
             return Err(Error::InvalidPlatform(s.chars().take(80).collect()));
         }

@@ -23,7 +23,12 @@ use crate::{Client, Error, Reference};
 
 impl Client {
     /// Uploads `data` as blob `digest` of `repo`, unless the registry has it already.
-    pub async fn push_blob(&self, repo: &Reference, digest: &Digest, data: Bytes) -> Result<(), Error> {
+    pub async fn push_blob(
+        &self,
+        repo: &Reference,
+        digest: &Digest,
+        data: Bytes,
+    ) -> Result<(), Error> {
         let actual = Digest::sha256(&data);
         if actual != *digest {
             return Err(Error::DigestMismatch {
@@ -47,7 +52,9 @@ impl Client {
         scopes: &[String],
     ) -> Result<(), Error> {
         let blob_url = ep.url(&repo.repository, &format!("blobs/{digest}"))?;
-        let (resp, url) = self.send(ep, Req::new(Method::HEAD, blob_url, scopes)).await?;
+        let (resp, url) = self
+            .send(ep, Req::new(Method::HEAD, blob_url, scopes))
+            .await?;
         match self.check(resp, &url).await {
             Ok(_) => return Ok(()),
             Err(Error::NotFound { .. }) => {}
@@ -79,7 +86,8 @@ impl Client {
         session
             .query_pairs_mut()
             .append_pair("digest", &digest.to_string());
-        let mut req = Req::new(Method::PUT, session, scopes).header(CONTENT_TYPE, "application/octet-stream");
+        let mut req =
+            Req::new(Method::PUT, session, scopes).header(CONTENT_TYPE, "application/octet-stream");
         req.body = Some(body);
         req.whole_timeout = false;
         let (resp, url) = self.send(ep, req).await?;
@@ -90,7 +98,12 @@ impl Client {
     /// Asks the registry to link blob `digest` from `from_repo` into `repo` without uploading.
     /// `Ok(false)` when it would not (unknown blob, no pull access to the source); the caller
     /// then pushes the bytes.
-    pub async fn mount_blob(&self, repo: &Reference, from_repo: &str, digest: &Digest) -> Result<bool, Error> {
+    pub async fn mount_blob(
+        &self,
+        repo: &Reference,
+        from_repo: &str,
+        digest: &Digest,
+    ) -> Result<bool, Error> {
         let ep = self.push_host(&repo.registry)?;
         let scopes = [push_scope(&repo.repository), pull_scope(from_repo)];
         let mut url = ep.url(&repo.repository, "blobs/uploads/")?;
@@ -98,7 +111,9 @@ impl Client {
             .append_pair("mount", &digest.to_string())
             .append_pair("from", from_repo);
         self.retrying(|| async {
-            let (resp, url) = self.send(&ep, Req::new(Method::POST, url.clone(), &scopes)).await?;
+            let (resp, url) = self
+                .send(&ep, Req::new(Method::POST, url.clone(), &scopes))
+                .await?;
             let resp = self.check(resp, &url).await?;
             match resp.status() {
                 StatusCode::CREATED => Ok(true),

@@ -44,7 +44,11 @@ pub(crate) fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)
 /// The `boundary` parameter of a `multipart/byteranges` content type.
 pub(crate) fn multipart_boundary(content_type: &str) -> Option<String> {
     let mut parts = content_type.split(';');
-    if !parts.next()?.trim().eq_ignore_ascii_case("multipart/byteranges") {
+    if !parts
+        .next()?
+        .trim()
+        .eq_ignore_ascii_case("multipart/byteranges")
+    {
         return None;
     }
     parts.find_map(|p| {

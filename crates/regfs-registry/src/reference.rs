@@ -78,7 +78,10 @@ impl FromStr for Reference {
             return Err(bad("too long"));
         }
         let (rest, digest) = match input.rsplit_once('@') {
-            Some((rest, d)) => (rest, Some(d.parse::<Digest>().map_err(|_| bad("bad digest"))?)),
+            Some((rest, d)) => (
+                rest,
+                Some(d.parse::<Digest>().map_err(|_| bad("bad digest"))?),
+            ),
             None => (input, None),
         };
         let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
@@ -131,7 +134,9 @@ impl FromStr for Reference {
                 && c.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
         });
         if !components_ok {
-            return Err(bad("bad repository name (lowercase alphanumerics and . _ - separated by /)"));
+            return Err(bad(
+                "bad repository name (lowercase alphanumerics and . _ - separated by /)",
+            ));
         }
         let tag = match (tag, &digest) {
             (Some(t), _) => Some(t.to_owned()),
@@ -169,11 +174,35 @@ mod tests {
     #[test]
     fn parses_and_normalises() {
         let cases: &[(&str, &str, &str, Option<&str>, bool)] = &[
-            ("busybox", "docker.io", "library/busybox", Some("latest"), false),
+            (
+                "busybox",
+                "docker.io",
+                "library/busybox",
+                Some("latest"),
+                false,
+            ),
             ("user/app:1.0", "docker.io", "user/app", Some("1.0"), false),
-            ("index.docker.io/library/alpine:3", "docker.io", "library/alpine", Some("3"), false),
-            ("registry-1.docker.io/x/y", "docker.io", "x/y", Some("latest"), false),
-            ("127.0.0.1:5000/a/b:t", "127.0.0.1:5000", "a/b", Some("t"), false),
+            (
+                "index.docker.io/library/alpine:3",
+                "docker.io",
+                "library/alpine",
+                Some("3"),
+                false,
+            ),
+            (
+                "registry-1.docker.io/x/y",
+                "docker.io",
+                "x/y",
+                Some("latest"),
+                false,
+            ),
+            (
+                "127.0.0.1:5000/a/b:t",
+                "127.0.0.1:5000",
+                "a/b",
+                Some("t"),
+                false,
+            ),
             ("localhost/app", "localhost", "app", Some("latest"), false),
             ("ghcr.io/o/r@", "", "", None, true),
             ("Upper/app", "", "", None, true),

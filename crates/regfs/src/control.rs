@@ -37,6 +37,9 @@ pub struct MountReport {
     pub mountpoint: PathBuf,
     pub pid: u32,
     pub open_ms: u128,
+    /// Inodes in the merged tree and the bytes of metadata held for them.
+    pub inodes: usize,
+    pub metadata_bytes: usize,
     /// Layers that were not eStargz and were fetched whole.
     pub fallbacks: usize,
     pub layers: Vec<LayerReport>,
@@ -81,6 +84,8 @@ pub fn report(image: &LazyImage, mountpoint: &Path) -> MountReport {
         mountpoint: mountpoint.to_owned(),
         pid: std::process::id(),
         open_ms: image.open_time.as_millis(),
+        inodes: image.fs.inode_count(),
+        metadata_bytes: image.fs.memory_bytes(),
         fallbacks: image.layers.iter().filter(|l| !l.lazy).count(),
         layers,
     }

@@ -33,13 +33,13 @@ pub struct ConvertedLayer {
     pub missed_prioritized: Vec<String>,
 }
 
-/// Converts the layer blob at `source` into an eStargz blob in `tmp_dir`. `progress` gets the
-/// number of uncompressed tar bytes done.
+/// Converts the layer blob at `source` into an eStargz blob in `tmp_dir`. `bar`, if any, shows
+/// uncompressed tar bytes done.
 pub fn convert_layer(
     source: &Path,
     tmp_dir: &Path,
     options: &ConvertOptions,
-    progress: &(dyn Fn(u64) + Sync),
+    bar: Option<&indicatif::ProgressBar>,
 ) -> anyhow::Result<ConvertedLayer> {
     let input = File::open(source).with_context(|| format!("opening layer {}", source.display()))?;
     let mut reader = regfs_estargz::decompress_input(input)
@@ -50,11 +50,20 @@ pub fn convert_layer(
     // SAFETY: the temp file is unlinked and private to this process; nobody else can change it.
     let tar = unsafe { memmap2::Mmap::map(&tar_file) }.context("mapping the decompressed layer")?;
 
+    if let Some(b) = bar {
+        b.set_length(tar.len() as u64);
+        b.set_position(0);
+    }
+    let progress = |done: u64| {
+        if let Some(b) = bar {
+            b.set_position(done);
+        }
+    };
     let mut out = tempfile::NamedTempFile::new_in(tmp_dir)
         .with_context(|| format!("creating a temp file in {}", tmp_dir.display()))?;
     let report = {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, out.as_file_mut());
-        let report = regfs_estargz::convert(&tar, options, &mut w, progress)
+        let report = regfs_estargz::convert(&tar, options, &mut w, &progress)
             .with_context(|| format!("converting layer {}", source.display()))?;
         w.flush().context("writing the converted layer")?;
         report

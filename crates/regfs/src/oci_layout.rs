@@ -62,8 +62,6 @@ impl Descriptor {
 #[serde(rename_all = "camelCase")]
 pub struct ManifestBody {
     #[serde(default)]
-    pub media_type: Option<String>,
-    #[serde(default)]
     pub config: Option<Descriptor>,
     #[serde(default)]
     pub layers: Vec<Descriptor>,
@@ -85,7 +83,6 @@ pub fn parse_location(s: &str) -> Option<(PathBuf, Option<String>)> {
 
 /// One image resolved out of a layout.
 pub struct LayoutImage {
-    pub manifest_digest: Digest,
     pub manifest_bytes: Vec<u8>,
     pub manifest: ManifestBody,
     pub config_bytes: Vec<u8>,
@@ -188,7 +185,6 @@ impl OciLayout {
             .with_context(|| format!("manifest {manifest_digest} has no config"))?;
         let config_bytes = self.read_json_blob(&config.digest()?)?;
         Ok(LayoutImage {
-            manifest_digest,
             manifest_bytes,
             manifest,
             config_bytes,

@@ -274,7 +274,7 @@ async fn open_non_lazy(
         drop(file);
         let (raw2, dir2) = (raw.clone(), dir.clone());
         let converted = tokio::task::spawn_blocking(move || {
-            crate::layer_convert::convert_layer(&raw2, &dir2, &Default::default(), &|_| {})
+            crate::layer_convert::convert_layer(&raw2, &dir2, &Default::default(), None)
         })
         .await??;
         let _ = std::fs::remove_file(&raw);

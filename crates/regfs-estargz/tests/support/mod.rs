@@ -19,6 +19,25 @@ pub enum E<'a> {
     Fifo(&'a str),
 }
 
+/// Appends with the name written verbatim (absolute and `./` names included) when it fits the
+/// header, else through the `tar` crate's GNU long-name support.
+fn append_named(
+    b: &mut tar::Builder<Vec<u8>>,
+    h: &mut tar::Header,
+    path: &str,
+    data: &[u8],
+) -> std::io::Result<()> {
+    if path.len() < 100 {
+        let name = &mut h.as_old_mut().name;
+        name.fill(0);
+        name[..path.len()].copy_from_slice(path.as_bytes());
+        h.set_cksum();
+        b.append(h, data)
+    } else {
+        b.append_data(h, path, data)
+    }
+}
+
 /// A GNU-format tar of `entries` plus 100 zero bytes after the trailer, like the reference tests.
 pub fn tar_of(entries: &[E<'_>]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -31,16 +50,16 @@ pub fn tar_of(entries: &[E<'_>]) -> Vec<u8> {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_mode(mode);
                 h.set_size(0);
-                b.append_data(&mut h, p, &[][..]).unwrap();
+                append_named(&mut b, &mut h, p, &[][..]).unwrap();
             }
             E::File(p, data) => {
                 h.set_size(data.len() as u64);
-                b.append_data(&mut h, p, data).unwrap();
+                append_named(&mut b, &mut h, p, data).unwrap();
             }
             E::FileMode(p, data, mode) => {
                 h.set_mode(mode);
                 h.set_size(data.len() as u64);
-                b.append_data(&mut h, p, data).unwrap();
+                append_named(&mut b, &mut h, p, data).unwrap();
             }
             E::FileOwner(p, data, uid, gid, u, g) => {
                 h.set_uid(uid);
@@ -48,17 +67,20 @@ pub fn tar_of(entries: &[E<'_>]) -> Vec<u8> {
                 h.set_username(u).unwrap();
                 h.set_groupname(g).unwrap();
                 h.set_size(data.len() as u64);
-                b.append_data(&mut h, p, data).unwrap();
+                append_named(&mut b, &mut h, p, data).unwrap();
             }
             E::FileX(p, data, xattrs) => {
-                let recs: Vec<(String, &[u8])> =
-                    xattrs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v)).collect();
-                b.append_pax_extensions(recs.iter().map(|(k, v)| (k.as_str(), *v))).unwrap();
+                let recs: Vec<(String, &[u8])> = xattrs
+                    .iter()
+                    .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+                    .collect();
+                b.append_pax_extensions(recs.iter().map(|(k, v)| (k.as_str(), *v)))
+                    .unwrap();
                 let mut h = tar::Header::new_ustar();
                 h.set_mtime(1_614_834_367);
                 h.set_mode(0o644);
                 h.set_size(data.len() as u64);
-                b.append_data(&mut h, p, data).unwrap();
+                append_named(&mut b, &mut h, p, data).unwrap();
             }
             E::Sym(p, target) => {
                 h.set_entry_type(tar::EntryType::Symlink);
@@ -71,16 +93,20 @@ pub fn tar_of(entries: &[E<'_>]) -> Vec<u8> {
                 b.append_link(&mut h, p, target).unwrap();
             }
             E::Block(p, ma, mi) | E::Char(p, ma, mi) => {
-                h.set_entry_type(if matches!(e, E::Block(..)) { tar::EntryType::Block } else { tar::EntryType::Char });
+                h.set_entry_type(if matches!(e, E::Block(..)) {
+                    tar::EntryType::Block
+                } else {
+                    tar::EntryType::Char
+                });
                 h.set_device_major(ma).unwrap();
                 h.set_device_minor(mi).unwrap();
                 h.set_size(0);
-                b.append_data(&mut h, p, &[][..]).unwrap();
+                append_named(&mut b, &mut h, p, &[][..]).unwrap();
             }
             E::Fifo(p) => {
                 h.set_entry_type(tar::EntryType::Fifo);
                 h.set_size(0);
-                b.append_data(&mut h, p, &[][..]).unwrap();
+                append_named(&mut b, &mut h, p, &[][..]).unwrap();
             }
         }
     }
@@ -90,7 +116,11 @@ pub fn tar_of(entries: &[E<'_>]) -> Vec<u8> {
 }
 
 pub fn opts(chunk_size: u64) -> ConvertOptions {
-    ConvertOptions { chunk_size, threads: 2, ..ConvertOptions::default() }
+    ConvertOptions {
+        chunk_size,
+        threads: 2,
+        ..ConvertOptions::default()
+    }
 }
 
 pub fn convert_to_vec(tar: &[u8], o: &ConvertOptions) -> (Vec<u8>, ConvertReport) {
@@ -119,7 +149,9 @@ pub fn member_starts(blob: &[u8]) -> Vec<u64> {
 /// The whole decompressed stream.
 pub fn gunzip(blob: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(blob).read_to_end(&mut out).unwrap();
+    flate2::read::MultiGzDecoder::new(blob)
+        .read_to_end(&mut out)
+        .unwrap();
     out
 }
 

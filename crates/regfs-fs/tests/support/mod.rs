@@ -187,6 +187,16 @@ pub fn layer_parts(blob: Vec<u8>, source: &mut MemorySource) -> LayerParts {
 
 /// Builds an image of `blobs` (bottom first) over one memory source and a fresh store.
 pub fn image_from_blobs(blobs: Vec<Vec<u8>>, opts: FsOptions, single: bool) -> TestImage {
+    image_with_source(blobs, opts, single, |m| Arc::new(m))
+}
+
+/// As [`image_from_blobs`], with the memory source wrapped by `wrap` (fault injection).
+pub fn image_with_source(
+    blobs: Vec<Vec<u8>>,
+    opts: FsOptions,
+    single: bool,
+    wrap: impl FnOnce(MemorySource) -> Arc<dyn regfs_blob::BlobSource>,
+) -> TestImage {
     let store_dir = tempfile::tempdir().expect("tempdir");
     let cache = ChunkCache::new(
         ChunkStore::open(store_dir.path(), None).expect("store"),
@@ -195,7 +205,7 @@ pub fn image_from_blobs(blobs: Vec<Vec<u8>>, opts: FsOptions, single: bool) -> T
     let mut source = MemorySource::new();
     let raw: Vec<Bytes> = blobs.iter().map(|b| Bytes::from(b.clone())).collect();
     let parts: Vec<LayerParts> = blobs.into_iter().map(|b| layer_parts(b, &mut source)).collect();
-    let source: Arc<dyn regfs_blob::BlobSource> = Arc::new(source);
+    let source = wrap(source);
     let layers: Vec<FsLayer> = parts
         .into_iter()
         .map(|p| FsLayer {
@@ -273,7 +283,9 @@ pub fn oracle_extract(tars: &[Vec<u8>], dir: &Path) {
         let tar_path = dir.with_extension(format!("layer{i}.tar"));
         std::fs::write(&tar_path, t).expect("write layer tar");
         let out = Command::new("tar")
-            .args(["-x", "--xattrs", "--xattrs-include=*", "--same-owner", "--numeric-owner", "-p", "-f"])
+                        // Whiteout files are never created (removing them afterwards would touch the
+            // directories' mtimes).
+            .args(["-x", "--exclude=.wh.*", "--xattrs", "--xattrs-include=*", "--same-owner", "--numeric-owner", "-p", "-f"])
             .arg(&tar_path)
             .arg("-C")
             .arg(dir)
@@ -281,7 +293,6 @@ pub fn oracle_extract(tars: &[Vec<u8>], dir: &Path) {
             .expect("run tar");
         assert!(out.status.success(), "tar -x failed: {}", String::from_utf8_lossy(&out.stderr));
         std::fs::remove_file(&tar_path).expect("remove layer tar");
-        remove_whiteout_files(dir);
     }
 }
 
@@ -290,18 +301,6 @@ fn remove_any(p: &Path) {
         Ok(m) if m.is_dir() => std::fs::remove_dir_all(p).expect("rm -r"),
         Ok(_) => std::fs::remove_file(p).expect("rm"),
         Err(_) => {}
-    }
-}
-
-fn remove_whiteout_files(dir: &Path) {
-    for e in std::fs::read_dir(dir).expect("read_dir") {
-        let e = e.expect("dirent");
-        let ty = e.file_type().expect("file type");
-        if e.file_name().as_bytes().starts_with(b".wh.") {
-            remove_any(&e.path());
-        } else if ty.is_dir() {
-            remove_whiteout_files(&e.path());
-        }
     }
 }
 
@@ -456,3 +455,105 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Fails the test unless FUSE mounts are possible here (root and /dev/fuse).
+pub fn require_fuse() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "FUSE mount tests need root (run them as root, as CI does)");
+    assert!(Path::new("/dev/fuse").exists(), "FUSE mount tests need /dev/fuse (modprobe fuse)");
+}
+
+/// Compares two real trees (the oracle and a mount) entry by entry; returns the count.
+pub fn compare_real_trees(want: &Path, got: &Path) -> usize {
+    let mut count = 0;
+    let mut stack = vec![(want.to_path_buf(), got.to_path_buf())];
+    while let Some((w, g)) = stack.pop() {
+        let names = |d: &Path| {
+            let mut v: Vec<OsString> = std::fs::read_dir(d)
+                .expect("read_dir")
+                .map(|e| e.expect("dirent").file_name())
+                .collect();
+            v.sort();
+            v
+        };
+        let wn = names(&w);
+        assert_eq!(names(&g), wn, "entries of {}", g.display());
+        for n in wn {
+            let (wp, gp) = (w.join(&n), g.join(&n));
+            let expected = observe_real(&wp);
+            assert_eq!(observe_real(&gp), expected, "{}", gp.display());
+            count += 1;
+            if expected.kind == FileKind::Dir {
+                stack.push((wp, gp));
+            }
+        }
+    }
+    count
+}
+
+/// The chunk size `three_layers` is meant for: small, so a few hundred KiB make multi-chunk files.
+pub const THREE_LAYERS_CHUNK: u64 = 64 * 1024;
+
+/// Three layers exercising every merge rule; see the comments per layer.
+pub fn three_layers() -> Vec<Vec<u8>> {
+    let mut l0 = LayerTar::new();
+    l0.dir("etc", 0o755)
+        .file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+        .file_with("etc/hosts", b"127.0.0.1 localhost\n", 0o644, 0, 0, MTIME - 100)
+        .hardlink("etc/hosts.link", "etc/hosts")
+        .file_with_xattrs("etc/x", b"xattrs", &[("user.a", b"1"), ("user.bin", b"\x00\x01\xff")])
+        .dir("usr", 0o755)
+        .dir("usr/bin", 0o755)
+        .file_with("usr/bin/tool", &pattern(5000, 1), 0o4755, 0, 0, MTIME)
+        .file_with("usr/bin/sg", b"#!/bin/sh\n", 0o2755, 0, 5, MTIME)
+        .symlink("usr/bin/link", "tool")
+        .dir("data", 0o750)
+        .file("data/big", &pattern(300_000, 2))
+        .file("data/empty", b"")
+        .hardlink("data/hl_across", "etc/passwd")
+        .dir("opq", 0o755)
+        .file("opq/a", b"a")
+        .dir("opq/sub", 0o755)
+        .file("opq/sub/b", b"b")
+        .dir("replace_dir", 0o755)
+        .dir("replace_dir/sub", 0o755)
+        .file("replace_dir/sub/x", b"x")
+        .file("file_to_dir", b"was a file")
+        .dir("var", 0o755)
+        .file("var/gone", b"deleted later")
+        .dir("var/gonedir", 0o755)
+        .file("var/gonedir/f", b"deleted later too")
+        .file("var/keep", b"kept")
+        .dir("dev", 0o755)
+        .device("dev/null", false, 1, 3)
+        .device("dev/sda", true, 8, 0)
+        .fifo("dev/fifo")
+        .dir_owned("tmp", 0o1777, 0, 0, MTIME)
+        .dir_owned("home", 0o700, 1000, 1000, MTIME - 5);
+    // Upper layer: whiteouts, an opaque dir, replaced files, type changes.
+    let mut l1 = LayerTar::new();
+    l1.dir("etc", 0o755)
+        .file_with("etc/passwd", b"root:x:0:0::/root:/bin/bash\nuser:x:1000:1000::/home:/bin/sh\n", 0o640, 1000, 1000, MTIME + 10)
+        .whiteout("etc", "hosts.link")
+        .dir("var", 0o755)
+        .whiteout("var", "gone")
+        .whiteout("var", "gonedir")
+        .dir("opq", 0o711)
+        .opaque("opq")
+        .file("opq/c", b"c")
+        .file("replace_dir", b"now a file")
+        .dir("file_to_dir", 0o755)
+        .file("file_to_dir/inside", b"inside")
+        .whiteout("", "nonexistent");
+    // Top layer: upper dir attributes win, more files, a whole dir whited out and recreated.
+    let mut l2 = LayerTar::new();
+    l2.dir_owned("usr", 0o755, 0, 0, MTIME + 20)
+        .dir_owned("usr/bin", 0o700, 0, 0, MTIME + 20)
+        .file("usr/bin/new", &pattern(2 * THREE_LAYERS_CHUNK as usize + 17, 3))
+        .whiteout("", "home")
+        .dir_owned("home", 0o755, 0, 0, MTIME + 30)
+        .file("home/fresh", b"fresh");
+    vec![l0.finish(), l1.finish(), l2.finish()]
+}
+

@@ -26,8 +26,8 @@ pub struct Args {
     /// Uncompressed bytes per chunk (a gzip member each).
     #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE)]
     chunk_size: u64,
-    /// Gzip level 0-9 (default: the format crate's default).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=9))]
+    /// Gzip level 1-9 (default: the format crate's default, 9 as the reference).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=9))]
     level: Option<u32>,
     /// File listing the paths to put first (one per line), e.g. from a startup trace.
     #[arg(long)]
@@ -35,7 +35,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let prioritized_files = args.prioritized_files.as_deref().map(read_prioritized).transpose()?;
+    let prioritized_files = args
+        .prioritized_files
+        .as_deref()
+        .map(read_prioritized)
+        .transpose()?;
     let tar = map_input(&args.input)?;
 
     let mut options = ConvertOptions {
@@ -66,7 +70,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let mut out = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file_mut());
         let report = regfs_estargz::convert(&tar, &options, &mut out, &progress)
             .with_context(|| format!("converting {}", args.input))?;
-        out.flush().with_context(|| format!("writing {}", args.output.display()))?;
+        out.flush()
+            .with_context(|| format!("writing {}", args.output.display()))?;
         report
     };
     if let Some(bar) = bar {
@@ -137,8 +142,8 @@ fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// Decompresses (gzip/zstd/plain, sniffed) into an unlinked temp file and maps it.
 fn decompress_to_map(input: impl Read, what: &str) -> anyhow::Result<memmap2::Mmap> {
-    let mut reader = regfs_estargz::decompress_input(input)
-        .with_context(|| format!("reading {what}"))?;
+    let mut reader =
+        regfs_estargz::decompress_input(input).with_context(|| format!("reading {what}"))?;
     let mut tmp = tempfile::tempfile().context("creating a temp file for the decompressed tar")?;
     std::io::copy(&mut reader, &mut tmp).with_context(|| format!("decompressing {what}"))?;
     // SAFETY: the temp file is unlinked and private to this process.
@@ -152,8 +157,10 @@ fn progress_bar(len: u64) -> Option<indicatif::ProgressBar> {
     }
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     Some(bar)
 }

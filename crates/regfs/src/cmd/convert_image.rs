@@ -109,6 +109,8 @@ struct Job {
     dst: Location,
     dst_layout: Option<OciLayout>,
     options: ConvertOptions,
+    /// Per-layer prioritized files (`regfs optimize`); replaces `options.prioritized_files`.
+    per_layer: Option<Vec<Vec<String>>>,
     force: bool,
     tmp_dir: PathBuf,
     bars: Option<indicatif::MultiProgress>,
@@ -139,11 +141,67 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(level) = args.level {
         options.level = level;
     }
-    let src = Location::parse(&args.src)?;
-    let dst = Location::parse(&args.dst)?;
-    let client = args.registry.client()?;
-    let platform = args.registry.platform.clone().unwrap_or_else(regfs_registry::Platform::host);
-    let tmp_dir = args.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
+    execute(Plan {
+        src: args.src,
+        dst: args.dst,
+        registry: args.registry,
+        options,
+        per_layer: None,
+        force: args.force,
+        jobs: args.jobs,
+        tmp_dir: args.tmp_dir,
+    })
+}
+
+/// For `regfs optimize`: converts every layer of `src` (eStargz or not) with its own prioritized
+/// files (`per_layer[i]`; an empty or missing list puts `.no.prefetch.landmark` first) and
+/// pushes the result to `dst`, printing the same JSON summary as `convert-image`.
+pub fn convert_prioritized(
+    src: &str,
+    dst: &str,
+    registry: &RegistryArgs,
+    per_layer: Vec<Vec<String>>,
+    chunk_size: Option<u64>,
+    level: Option<u32>,
+) -> anyhow::Result<ExitCode> {
+    let mut options = ConvertOptions::default();
+    if let Some(c) = chunk_size {
+        options.chunk_size = c;
+    }
+    if let Some(l) = level {
+        options.level = l;
+    }
+    execute(Plan {
+        src: src.to_owned(),
+        dst: dst.to_owned(),
+        registry: registry.clone(),
+        options,
+        per_layer: Some(per_layer),
+        force: true,
+        jobs: DEFAULT_JOBS,
+        tmp_dir: None,
+    })
+}
+
+/// One conversion, however it was asked for.
+struct Plan {
+    src: String,
+    dst: String,
+    registry: RegistryArgs,
+    options: ConvertOptions,
+    /// Prioritized files per layer, overriding `options.prioritized_files`.
+    per_layer: Option<Vec<Vec<String>>>,
+    force: bool,
+    jobs: u64,
+    tmp_dir: Option<PathBuf>,
+}
+
+fn execute(plan: Plan) -> anyhow::Result<ExitCode> {
+    let src = Location::parse(&plan.src)?;
+    let dst = Location::parse(&plan.dst)?;
+    let client = plan.registry.client()?;
+    let platform = plan.registry.platform.clone().unwrap_or_else(regfs_registry::Platform::host);
+    let tmp_dir = plan.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -151,7 +209,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let src = resolve_source(&client, src, &platform)
             .await
-            .with_context(|| format!("resolving {}", args.src))?;
+            .with_context(|| format!("resolving {}", plan.src))?;
         let dst_layout = match &dst {
             Location::Layout { dir, .. } => Some(OciLayout::create(dir)?),
             Location::Registry(_) => None,
@@ -161,17 +219,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             src,
             dst,
             dst_layout,
-            options,
-            force: args.force,
+            options: plan.options,
+            per_layer: plan.per_layer,
+            force: plan.force,
             tmp_dir,
             bars: std::io::stderr()
                 .is_terminal()
                 .then(indicatif::MultiProgress::new),
-            permits: tokio::sync::Semaphore::new(usize::try_from(args.jobs).unwrap_or(1)),
+            permits: tokio::sync::Semaphore::new(usize::try_from(plan.jobs).unwrap_or(1)),
         });
         let summary = convert_image(&job)
             .await
-            .with_context(|| format!("converting {} to {}", args.src, args.dst))?;
+            .with_context(|| format!("converting {} to {}", plan.src, plan.dst))?;
         println!("{summary}");
         anyhow::Ok(())
     })?;
@@ -328,17 +387,14 @@ async fn layer(job: &Arc<Job>, i: usize, desc: Descriptor, diff_id: String) -> a
         let job = job.clone();
         let bar = bar.clone();
         tokio::task::spawn_blocking(move || {
-            let progress = |done: u64| {
-                if let Some(b) = &bar {
-                    b.set_position(done);
-                }
+            let options = match job.per_layer.as_ref().and_then(|p| p.get(i)) {
+                Some(list) => &ConvertOptions {
+                    prioritized_files: Some(list.clone()),
+                    ..job.options.clone()
+                },
+                None => &job.options,
             };
-            if let Some(b) = &bar {
-                // Length unknown until decompressed; show bytes done.
-                b.set_length(0);
-                b.set_position(0);
-            }
-            convert_layer(&source_path, &job.tmp_dir, &job.options, &progress)
+            convert_layer(&source_path, &job.tmp_dir, options, bar.as_ref())
         })
         .await??
     };
@@ -521,3 +577,4 @@ fn read_prioritized(path: &Path) -> anyhow::Result<Vec<String>> {
         .map(str::to_owned)
         .collect())
 }
+

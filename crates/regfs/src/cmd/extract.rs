@@ -13,7 +13,6 @@
 //! 3. hardlinks last (a TOC may name a link before its target);
 //! 4. directory mtimes last, deepest first, since creating children changes them.
 
-use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Write};
@@ -39,17 +38,30 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let file = File::open(&args.blob).with_context(|| format!("opening {}", args.blob.display()))?;
+    let file =
+        File::open(&args.blob).with_context(|| format!("opening {}", args.blob.display()))?;
     let reader = Reader::open(file).with_context(|| format!("reading {}", args.blob.display()))?;
     if let Some(want) = &args.toc_digest {
         reader
             .verify_toc_digest(want)
             .with_context(|| format!("verifying the TOC of {}", args.blob.display()))?;
     }
-    std::fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
     let root = File::open(&args.dir).with_context(|| format!("opening {}", args.dir.display()))?;
-    let mut x = Extraction { reader: &reader, root: OwnedFd::from(root), dir_times: Vec::new(), tmp_seq: 0 };
-    x.run().with_context(|| format!("extracting {} into {}", args.blob.display(), args.dir.display()))?;
+    let mut x = Extraction {
+        reader: &reader,
+        root: OwnedFd::from(root),
+        dir_times: Vec::new(),
+        tmp_seq: 0,
+    };
+    x.run().with_context(|| {
+        format!(
+            "extracting {} into {}",
+            args.blob.display(),
+            args.dir.display()
+        )
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -72,7 +84,9 @@ impl Extraction<'_> {
             }
             match item.kind {
                 EntryKind::Hardlink => hardlinks.push(item),
-                _ => self.create(id, item).with_context(|| format!("extracting {:?}", item.name))?,
+                _ => self
+                    .create(id, item)
+                    .with_context(|| format!("entry {:?}", item.name))?,
             }
         }
         for item in hardlinks {
@@ -80,7 +94,12 @@ impl Extraction<'_> {
                 .lookup(&item.link_name)
                 .map(|id| index.entry(id))
                 .filter(|t| t.kind != EntryKind::Hardlink && !LANDMARKS.contains(&t.name.as_str()))
-                .with_context(|| format!("{:?} is a hardlink but the linkname {:?} isn't found", item.name, item.link_name))?;
+                .with_context(|| {
+                    format!(
+                        "{:?} is a hardlink but the linkname {:?} isn't found",
+                        item.name, item.link_name
+                    )
+                })?;
             self.hardlink(item, &target.name)
                 .with_context(|| format!("linking {:?} to {:?}", item.name, item.link_name))?;
         }
@@ -100,7 +119,10 @@ impl Extraction<'_> {
         let Some(base) = base else {
             // The root entry: its attributes apply to DIR itself, as with tar -x.
             if item.kind != EntryKind::Dir {
-                bail!("the root entry is a {}, want a directory", item.kind.as_str());
+                bail!(
+                    "the root entry is a {}, want a directory",
+                    item.kind.as_str()
+                );
             }
             let root = self.root.try_clone()?;
             set_owner_mode_xattrs_fd(root.as_fd(), item)?;
@@ -137,10 +159,7 @@ impl Extraction<'_> {
                     EntryKind::Block => libc::S_IFBLK,
                     _ => libc::S_IFIFO,
                 };
-                let dev = libc::makedev(
-                    item.dev_major,
-                    item.dev_minor,
-                );
+                let dev = libc::makedev(item.dev_major, item.dev_minor);
                 // SAFETY: pfd is a valid directory fd and base a NUL-terminated name.
                 cvt(unsafe { libc::mknodat(pfd.as_raw_fd(), base.as_ptr(), kind | 0o600, dev) })?;
                 self.set_attrs_at(pfd, &base, item, true)?;
@@ -151,9 +170,19 @@ impl Extraction<'_> {
     }
 
     /// Writes a regular file under a temp name, verifying every chunk, then renames it.
-    fn write_file(&mut self, id: EntryId, item: &IndexEntry, pfd: BorrowedFd<'_>, base: &CStr) -> anyhow::Result<()> {
+    fn write_file(
+        &mut self,
+        id: EntryId,
+        item: &IndexEntry,
+        pfd: BorrowedFd<'_>,
+        base: &CStr,
+    ) -> anyhow::Result<()> {
         self.tmp_seq += 1;
-        let tmp = CString::new(format!(".regfs-extract.{}.{}", std::process::id(), self.tmp_seq))?;
+        let tmp = CString::new(format!(
+            ".regfs-extract.{}.{}",
+            std::process::id(),
+            self.tmp_seq
+        ))?;
         // SAFETY: pfd is a valid directory fd and tmp a NUL-terminated name.
         let fd = cvt(unsafe {
             libc::openat(
@@ -176,7 +205,14 @@ impl Extraction<'_> {
             return Err(e);
         }
         // SAFETY: both names are NUL-terminated and relative to the same valid directory fd.
-        let rc = unsafe { libc::renameat(pfd.as_raw_fd(), tmp.as_ptr(), pfd.as_raw_fd(), base.as_ptr()) };
+        let rc = unsafe {
+            libc::renameat(
+                pfd.as_raw_fd(),
+                tmp.as_ptr(),
+                pfd.as_raw_fd(),
+                base.as_ptr(),
+            )
+        };
         if let Err(e) = cvt(rc) {
             let _ = unlinkat(pfd, &tmp, false);
             return Err(e.into());
@@ -191,21 +227,38 @@ impl Extraction<'_> {
         let mut out = io::BufWriter::with_capacity(1 << 20, file);
         for chunk in chunks {
             if chunk.chunk_offset != written {
-                bail!("{:?}: chunk at file offset {} follows byte {written}", item.name, chunk.chunk_offset);
+                bail!(
+                    "{:?}: chunk at file offset {} follows byte {written}",
+                    item.name,
+                    chunk.chunk_offset
+                );
             }
             if chunk.digest.is_none() && item.digest.is_none() {
-                bail!("{:?}: chunk at file offset {} has no digest to verify", item.name, chunk.chunk_offset);
+                bail!(
+                    "{:?}: chunk at file offset {} has no digest to verify",
+                    item.name,
+                    chunk.chunk_offset
+                );
             }
-            let data = self.reader.read_chunk(chunk).with_context(|| {
-                format!("reading {:?}, chunk at file offset {}", item.name, chunk.chunk_offset)
+            // A digest mismatch already names the chunk; decode errors name only the member.
+            let data = self.reader.read_chunk(chunk).map_err(|e| match e {
+                e @ regfs_estargz::Error::ChunkDigestMismatch { .. } => anyhow::Error::new(e),
+                e => anyhow::Error::new(e)
+                    .context(format!("chunk at file offset {}", chunk.chunk_offset)),
             })?;
             whole.update(&data);
-            out.write_all(&data).with_context(|| format!("writing {:?}", item.name))?;
+            out.write_all(&data)
+                .with_context(|| format!("writing {:?}", item.name))?;
             written = written.saturating_add(data.len() as u64);
         }
-        out.flush().with_context(|| format!("writing {:?}", item.name))?;
+        out.flush()
+            .with_context(|| format!("writing {:?}", item.name))?;
         if written != item.size {
-            bail!("{:?}: chunks hold {written} bytes, the TOC says {}", item.name, item.size);
+            bail!(
+                "{:?}: chunks hold {written} bytes, the TOC says {}",
+                item.name,
+                item.size
+            );
         }
         if let Some(want) = item.digest {
             let got = whole.finish();
@@ -218,23 +271,45 @@ impl Extraction<'_> {
 
     fn hardlink(&mut self, item: &IndexEntry, target: &str) -> anyhow::Result<()> {
         let (tparent, tbase) = self.parent_of(target)?;
-        let Some(tbase) = tbase else { bail!("a hardlink to the root directory") };
+        let Some(tbase) = tbase else {
+            bail!("a hardlink to the root directory")
+        };
         let (parent, base) = self.parent_of(&item.name)?;
-        let Some(base) = base else { bail!("the root entry is a hardlink") };
+        let Some(base) = base else {
+            bail!("the root entry is a hardlink")
+        };
         remove_non_dir(parent.as_fd(), &base)?;
         // SAFETY: both names are NUL-terminated, both fds valid directories; flags 0 = do not
         // follow a symlink target.
         cvt(unsafe {
-            libc::linkat(tparent.as_raw_fd(), tbase.as_ptr(), parent.as_raw_fd(), base.as_ptr(), 0)
+            libc::linkat(
+                tparent.as_raw_fd(),
+                tbase.as_ptr(),
+                parent.as_raw_fd(),
+                base.as_ptr(),
+                0,
+            )
         })?;
         Ok(())
     }
 
     /// Owner, mode (not for symlinks), xattrs and mtime of a non-regular, non-dir entry.
-    fn set_attrs_at(&self, pfd: BorrowedFd<'_>, base: &CStr, item: &IndexEntry, chmod: bool) -> anyhow::Result<()> {
+    fn set_attrs_at(
+        &self,
+        pfd: BorrowedFd<'_>,
+        base: &CStr,
+        item: &IndexEntry,
+        chmod: bool,
+    ) -> anyhow::Result<()> {
         // SAFETY: valid dir fd + NUL-terminated name.
         cvt(unsafe {
-            libc::fchownat(pfd.as_raw_fd(), base.as_ptr(), item.uid, item.gid, libc::AT_SYMLINK_NOFOLLOW)
+            libc::fchownat(
+                pfd.as_raw_fd(),
+                base.as_ptr(),
+                item.uid,
+                item.gid,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
         })?;
         if chmod {
             // SAFETY: as above; base is a device node or fifo we just created (no symlink).
@@ -251,8 +326,10 @@ impl Extraction<'_> {
             for (k, v) in &item.xattrs {
                 let key = cstring(k)?;
                 // SAFETY: NUL-terminated strings and a valid buffer of v.len() bytes.
-                cvt(unsafe { libc::lsetxattr(path.as_ptr(), key.as_ptr(), v.as_ptr().cast(), v.len(), 0) })
-                    .with_context(|| format!("setting xattr {k}"))?;
+                cvt(unsafe {
+                    libc::lsetxattr(path.as_ptr(), key.as_ptr(), v.as_ptr().cast(), v.len(), 0)
+                })
+                .with_context(|| format!("setting xattr {k}"))?;
             }
         }
         set_times_at(pfd, base, item.modtime)?;
@@ -297,7 +374,11 @@ fn cstring(s: &str) -> anyhow::Result<CString> {
 }
 
 fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
 }
 
 fn open_dir_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<OwnedFd> {
@@ -332,7 +413,14 @@ fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, is_dir: bool) -> io::Result<()> {
 fn lstat_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<libc::stat> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: valid dir fd, NUL-terminated name, and st points to writable stat storage.
-    cvt(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) })?;
+    cvt(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
     // SAFETY: fstatat succeeded, so it filled st.
     Ok(unsafe { st.assume_init() })
 }
@@ -364,16 +452,24 @@ fn set_owner_mode_xattrs_fd(fd: BorrowedFd<'_>, item: &IndexEntry) -> anyhow::Re
     for (k, v) in &item.xattrs {
         let key = cstring(k)?;
         // SAFETY: valid fd, NUL-terminated key, buffer of v.len() bytes.
-        cvt(unsafe { libc::fsetxattr(fd.as_raw_fd(), key.as_ptr(), v.as_ptr().cast(), v.len(), 0) })
-            .with_context(|| format!("setting xattr {k}"))?;
+        cvt(unsafe {
+            libc::fsetxattr(fd.as_raw_fd(), key.as_ptr(), v.as_ptr().cast(), v.len(), 0)
+        })
+        .with_context(|| format!("setting xattr {k}"))?;
     }
     Ok(())
 }
 
 fn timespecs(mtime: (i64, u32)) -> [libc::timespec; 2] {
     [
-        libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-        libc::timespec { tv_sec: mtime.0, tv_nsec: i64::from(mtime.1) },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: mtime.0,
+            tv_nsec: i64::from(mtime.1),
+        },
     ]
 }
 
@@ -387,6 +483,13 @@ fn set_times_at(dir: BorrowedFd<'_>, name: &CStr, mtime: (i64, u32)) -> io::Resu
     let ts = timespecs(mtime);
     // SAFETY: valid dir fd, NUL-terminated name, two-element timespec array; NOFOLLOW sets a
     // symlink's own times.
-    cvt(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), ts.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) })
-        .map(drop)
+    cvt(unsafe {
+        libc::utimensat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            ts.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })
+    .map(drop)
 }

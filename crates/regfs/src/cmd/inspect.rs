@@ -1,5 +1,7 @@
 //! `regfs inspect BLOB`: what a blob is (format, TOC location and digest, entry counts, prefetch
 //! landmark) or, with `--json`, its TOC entries one JSON object per line.
+//!
+//! An argument that is not an existing file is an image reference, handed to `inspect_ref`.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -7,30 +9,43 @@ use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use regfs_estargz::{BlobFormat, EntryKind, Reader, Toc};
+
+use crate::registry_args::RegistryArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A local eStargz blob file (registry references come with the registry commands).
+    /// A local eStargz blob file, or an image reference (`registry/repo:tag`).
     target: String,
-    /// Print the TOC entries as JSON lines (the TOC's own field names) instead of a summary.
+    /// Blob: print the TOC entries as JSON lines (the TOC's own field names). Image: JSON report.
     #[arg(long)]
     json: bool,
+    /// Image: also fetch and check every layer's TOC.
+    #[arg(long)]
+    toc: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let path = Path::new(&args.target);
     if !path.is_file() {
-        bail!("{} is not a blob file (inspecting image references is not supported yet)", args.target);
+        return super::inspect_ref::run(&args.target, args.json, args.toc, &args.registry);
     }
     let file = File::open(path).with_context(|| format!("opening {}", args.target))?;
-    let blob_size = file.metadata().with_context(|| format!("stat {}", args.target))?.len();
+    let blob_size = file
+        .metadata()
+        .with_context(|| format!("stat {}", args.target))?
+        .len();
     let reader = Reader::open(file).with_context(|| format!("reading {}", args.target))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
         for entry in reader.toc().entries.iter().flatten() {
-            let one = Toc { version: reader.toc().version, entries: Some(vec![entry.clone()]) };
+            let one = Toc {
+                version: reader.toc().version,
+                entries: Some(vec![entry.clone()]),
+            };
             out.write_all(&entry_line(&one.to_json()))?;
             out.write_all(b"\n")?;
         }
@@ -55,7 +70,11 @@ fn entry_line(doc: &[u8]) -> Vec<u8> {
         .collect()
 }
 
-fn write_summary(out: &mut impl Write, reader: &Reader<File>, blob_size: u64) -> anyhow::Result<()> {
+fn write_summary(
+    out: &mut impl Write,
+    reader: &Reader<File>,
+    blob_size: u64,
+) -> anyhow::Result<()> {
     let format = match reader.format() {
         BlobFormat::Estargz => "estargz",
         BlobFormat::LegacyStargz => "legacy-stargz",
@@ -69,7 +88,11 @@ fn write_summary(out: &mut impl Write, reader: &Reader<File>, blob_size: u64) ->
     writeln!(out, "blob size:      {blob_size} bytes")?;
     writeln!(out, "toc offset:     {}", reader.toc_offset())?;
     writeln!(out, "toc digest:     {}", reader.toc_digest())?;
-    writeln!(out, "toc entries:    {}", reader.toc().entries.as_ref().map_or(0, Vec::len))?;
+    writeln!(
+        out,
+        "toc entries:    {}",
+        reader.toc().entries.as_ref().map_or(0, Vec::len)
+    )?;
     for kind in [
         EntryKind::Dir,
         EntryKind::Reg,

@@ -10,6 +10,7 @@ mod extract;
 mod inspect;
 mod inspect_ref;
 pub mod mount;
+mod optimize;
 pub mod run;
 mod stats;
 mod umount;
@@ -38,6 +39,8 @@ pub enum Command {
     Demo(demo::Args),
     /// Mount an image from its registry, lazily, as a read-only filesystem.
     Mount(mount::Args),
+    /// Record a workload's file accesses and rebuild the image with them prefetched.
+    Optimize(optimize::Args),
     /// Run an image straight from its registry (lazy mount + overlay + namespaces).
     Run(run::Args),
     /// Unmount a regfs mount.
@@ -56,6 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cache(args) => cache::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Mount(args) => mount::run(args),
+        Command::Optimize(args) => optimize::run(args),
         Command::Run(args) => run::run(args),
         Command::Umount(args) => umount::run(args),
         Command::Stats(args) => stats::run(args),

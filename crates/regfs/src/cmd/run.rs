@@ -58,6 +58,9 @@ pub struct Args {
     /// line (`path`, `layerDigest`, `layerIndex`).
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
+    /// Write what the run fetched (per layer and from the registry) and its timings as JSON.
+    #[arg(long, value_name = "FILE")]
+    stats_file: Option<PathBuf>,
     #[command(flatten)]
     run: RunArgs,
     /// Image reference.
@@ -76,13 +79,37 @@ pub struct Access {
     pub layer_index: usize,
 }
 
+/// What a run fetched and how long it took, for `--stats-file` and the benchmarks.
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct RunReport {
+    /// From the start of the image open to a usable filesystem (manifest, TOCs).
+    pub open_ms: u128,
+    /// The workload's own wall time (container start to exit).
+    pub workload_ms: u128,
+    pub registry_requests: u64,
+    pub registry_bytes: u64,
+    pub layers: Vec<regfs_fs::LayerStats>,
+}
+
+/// The outcome of [`run_recorded`].
+pub struct RunOutcome {
+    pub status: u8,
+    pub accesses: Vec<Access>,
+    pub report: RunReport,
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     match run_recorded(&args.run, &args.reference, &args.command, args.record.is_some(), None) {
-        Ok((status, accesses)) => {
+        Ok(out) => {
             if let Some(path) = &args.record {
-                write_record(path, &accesses)?;
+                write_record(path, &out.accesses)?;
             }
-            Ok(ExitCode::from(status))
+            if let Some(path) = &args.stats_file {
+                std::fs::write(path, serde_json::to_vec_pretty(&out.report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(ExitCode::from(out.status))
         }
         Err(e) => {
             eprintln!("regfs: {e:#}");
@@ -122,7 +149,7 @@ pub fn run_recorded(
     command: &[String],
     record: bool,
     period: Option<std::time::Duration>,
-) -> anyhow::Result<(u8, Vec<Access>)> {
+) -> anyhow::Result<RunOutcome> {
     regfs_container::preflight()?;
     private_mount_namespace()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -156,7 +183,9 @@ pub fn run_recorded(
                 let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM);
             })
         });
+        let started = std::time::Instant::now();
         let status = tokio::task::spawn_blocking(move || regfs_container::run(&spec)).await??;
+        let workload_ms = started.elapsed().as_millis();
         if let Some(s) = stopper {
             s.abort();
         }
@@ -180,8 +209,20 @@ pub fn run_recorded(
         } else {
             Vec::new()
         };
+        let registry = image.client.stats();
+        let report = RunReport {
+            open_ms: image.open_time.as_millis(),
+            workload_ms,
+            registry_requests: registry.requests,
+            registry_bytes: registry.bytes_received,
+            layers: image.fs.stats().layers,
+        };
         tokio::task::spawn_blocking(move || guard.unmount()).await??;
-        Ok((u8::try_from(status).unwrap_or(EXIT_RUNTIME_FAILURE), accesses))
+        Ok(RunOutcome {
+            status: u8::try_from(status).unwrap_or(EXIT_RUNTIME_FAILURE),
+            accesses,
+            report,
+        })
     })
 }
 

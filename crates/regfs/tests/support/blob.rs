@@ -18,7 +18,9 @@ pub fn toc_offset(blob: &[u8]) -> u64 {
 
 /// The 51-byte eStargz footer for `toc_offset`.
 pub fn estargz_footer(toc_offset: u64) -> Vec<u8> {
-    let mut f = vec![0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 26, 0, b'S', b'G', 22, 0];
+    let mut f = vec![
+        0x1f, 0x8b, 8, 4, 0, 0, 0, 0, 0, 0xff, 26, 0, b'S', b'G', 22, 0,
+    ];
     f.extend_from_slice(format!("{toc_offset:016x}STARGZ").as_bytes());
     f.extend_from_slice(&[1, 0, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]);
     assert_eq!(f.len(), FOOTER_SIZE);
@@ -53,7 +55,9 @@ pub fn with_footer_offset(blob: &[u8], toc_offset: u64) -> Vec<u8> {
 pub fn toc_entry(blob: &[u8]) -> (String, Vec<u8>) {
     let off = usize::try_from(toc_offset(blob)).expect("offset");
     let mut tar = Vec::new();
-    flate2::read::GzDecoder::new(&blob[off..]).read_to_end(&mut tar).expect("gunzip TOC member");
+    flate2::read::GzDecoder::new(&blob[off..])
+        .read_to_end(&mut tar)
+        .expect("gunzip TOC member");
     let header = tar::Header::from_byte_slice(&tar[..512]);
     let name = String::from_utf8_lossy(&header.path_bytes()).into_owned();
     let size = usize::try_from(header.size().expect("size")).expect("size");

@@ -2,7 +2,7 @@
 //! `tar` crate, plus the one fact every tree comparison needs from a tar: which directories it
 //! never names (their mtimes are whatever the extractor's clock said).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -45,11 +45,18 @@ struct LayerBuilder {
 
 impl LayerBuilder {
     fn new() -> LayerBuilder {
-        LayerBuilder { b: Builder::new(Vec::new()), n: 0 }
+        LayerBuilder {
+            b: Builder::new(Vec::new()),
+            n: 0,
+        }
     }
 
     fn header(&mut self, kind: EntryType, mode: u32, owner: (u64, u64), gnu: bool) -> Header {
-        let mut h = if gnu { Header::new_gnu() } else { Header::new_ustar() };
+        let mut h = if gnu {
+            Header::new_gnu()
+        } else {
+            Header::new_ustar()
+        };
         h.set_entry_type(kind);
         h.set_mode(mode);
         h.set_uid(owner.0);
@@ -61,8 +68,10 @@ impl LayerBuilder {
     }
 
     fn xattrs(&mut self, pairs: &[(&str, &[u8])]) {
-        let records: Vec<(String, &[u8])> =
-            pairs.iter().map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v)).collect();
+        let records: Vec<(String, &[u8])> = pairs
+            .iter()
+            .map(|(k, v)| (format!("SCHILY.xattr.{k}"), *v))
+            .collect();
         self.b
             .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
             .expect("pax");
@@ -70,14 +79,18 @@ impl LayerBuilder {
 
     fn dir(&mut self, name: &str, mode: u32, owner: (u64, u64)) {
         let mut h = self.header(EntryType::Directory, mode, owner, false);
-        self.b.append_data(&mut h, name, std::io::empty()).expect("dir");
+        self.b
+            .append_data(&mut h, name, std::io::empty())
+            .expect("dir");
     }
 
     fn file(&mut self, name: &[u8], mode: u32, owner: (u64, u64), data: &[u8]) {
         let gnu = name.len() > 100;
         let mut h = self.header(EntryType::Regular, mode, owner, gnu);
         h.set_size(data.len() as u64);
-        self.b.append_data(&mut h, Path::new(OsStr::from_bytes(name)), data).expect("file");
+        self.b
+            .append_data(&mut h, Path::new(OsStr::from_bytes(name)), data)
+            .expect("file");
     }
 
     fn link(&mut self, kind: EntryType, name: &str, target: &str) {
@@ -90,7 +103,26 @@ impl LayerBuilder {
         let mut h = self.header(kind, mode, (0, 0), false);
         h.set_device_major(dev.0).expect("major");
         h.set_device_minor(dev.1).expect("minor");
-        self.b.append_data(&mut h, name, std::io::empty()).expect("node");
+        self.b
+            .append_data(&mut h, name, std::io::empty())
+            .expect("node");
+    }
+
+    /// An entry whose name bytes go into the header as given (the `tar` crate would normalise
+    /// `./` away).
+    fn raw_name_entry(
+        &mut self,
+        name: &[u8],
+        kind: EntryType,
+        mode: u32,
+        owner: (u64, u64),
+        data: &[u8],
+    ) {
+        let mut h = self.header(kind, mode, owner, false);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        self.b.append(&h, data).expect("raw entry");
     }
 
     fn finish(self) -> Vec<u8> {
@@ -121,7 +153,11 @@ pub fn rich_layer() -> Vec<u8> {
     l.link(EntryType::Symlink, "etc/link", "hello.txt");
     l.link(EntryType::Symlink, "abs", "/etc/hello.txt");
     l.link(EntryType::Symlink, "dangling", "nowhere/at/all");
-    l.link(EntryType::Symlink, "longlink", &format!("/{}", "t".repeat(150)));
+    l.link(
+        EntryType::Symlink,
+        "longlink",
+        &format!("/{}", "t".repeat(150)),
+    );
     l.link(EntryType::Link, "bin/big-hard", BIG_FILE);
     l.link(EntryType::Link, "etc/hello-hard", "etc/hello.txt");
     l.dir("dev/", 0o755, (0, 0));
@@ -142,6 +178,38 @@ pub fn umoci_layer() -> Vec<u8> {
     l.file(b"usr/share/doc/tool/README", 0o644, (0, 0), b"read me\n");
     l.file(b"etc/.wh.old.conf", 0o644, (0, 0), b"");
     l.link(EntryType::Link, "usr/local/bin/tool2", "usr/local/bin/tool");
+    l.finish()
+}
+
+/// A layer as `docker save` writes it: every name under `./`, with an explicit `./` root entry
+/// (unusual mode and owner, so that applying it to DIR is visible) and a duplicate name whose
+/// later entry wins.
+pub fn dot_slash_layer() -> Vec<u8> {
+    let mut l = LayerBuilder::new();
+    l.raw_name_entry(b"./", EntryType::Directory, 0o750, (0, 7), b"");
+    l.raw_name_entry(b"./etc/", EntryType::Directory, 0o755, (0, 0), b"");
+    l.raw_name_entry(
+        b"./etc/os-release",
+        EntryType::Regular,
+        0o644,
+        (0, 0),
+        b"first\n",
+    );
+    l.raw_name_entry(
+        b"./etc/os-release",
+        EntryType::Regular,
+        0o600,
+        (0, 0),
+        b"second wins\n",
+    );
+    l.raw_name_entry(b"./usr/bin/", EntryType::Directory, 0o755, (0, 0), b"");
+    l.raw_name_entry(
+        b"./usr/bin/app",
+        EntryType::Regular,
+        0o755,
+        (0, 0),
+        &noise(100_000, 11),
+    );
     l.finish()
 }
 
@@ -181,4 +249,75 @@ pub fn implicit_dirs(tar: &[u8]) -> BTreeSet<String> {
         std::io::copy(&mut entry, &mut std::io::sink()).expect("skip payload");
     }
     parents.difference(&named).cloned().collect()
+}
+
+/// The header mtime of every directory a tar names (last entry wins).
+pub fn dir_mtimes(tar: &[u8]) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    let mut archive = tar::Archive::new(tar);
+    for entry in archive.entries().expect("tar entries") {
+        let mut entry = entry.expect("tar entry");
+        if entry.header().entry_type() == EntryType::Directory {
+            let name = clean_name(&String::from_utf8_lossy(&entry.path_bytes()));
+            let mut mtime = i64::try_from(entry.header().mtime().expect("mtime")).expect("mtime");
+            // A PAX `mtime` record overrides the header field (and may carry a fraction).
+            if let Some(exts) = entry.pax_extensions().expect("pax") {
+                for ext in exts {
+                    let ext = ext.expect("pax record");
+                    if ext.key() == Ok("mtime") {
+                        mtime = round_pax_time(ext.value().expect("pax mtime"));
+                    }
+                }
+            }
+            out.insert(name, mtime);
+        }
+    }
+    out
+}
+
+/// Directories whose mtime GNU `tar -x` leaves at extraction time instead of the header's.
+///
+/// GNU tar sets a directory's attributes as soon as the archive moves on to an entry outside it
+/// (`apply_nonancestor_delayed_set_stat`); an entry that later lands in that directory again (a
+/// hardlink or symlink listed after a sibling directory, as in [`rich_layer`]) bumps its mtime to
+/// "now". An extractor that sets directory mtimes last keeps the header's value, which is what
+/// the layer says; tests compare these directories against the header instead of against tar.
+pub fn dirs_tar_x_touches_late(tar: &[u8]) -> BTreeSet<String> {
+    let mut delayed: Vec<String> = Vec::new();
+    let mut finalized = BTreeSet::new();
+    let mut touched = BTreeSet::new();
+    let mut archive = tar::Archive::new(tar);
+    for entry in archive.entries().expect("tar entries") {
+        let entry = entry.expect("tar entry");
+        let name = clean_name(&String::from_utf8_lossy(&entry.path_bytes()));
+        delayed.retain(|d| {
+            let ancestor = d.is_empty() || name.starts_with(&format!("{d}/"));
+            if !ancestor {
+                finalized.insert(d.clone());
+            }
+            ancestor
+        });
+        let parent = name.rsplit_once('/').map_or("", |(p, _)| p).to_string();
+        if finalized.contains(&parent) {
+            touched.insert(parent);
+        }
+        if entry.header().entry_type() == EntryType::Directory {
+            finalized.remove(&name);
+            delayed.push(name);
+        }
+    }
+    touched
+}
+
+/// A PAX time (`secs[.frac]`) rounded to the nearest second, halves away from zero (how the TOC
+/// stores `modtime`).
+pub fn round_pax_time(v: &str) -> i64 {
+    let (secs, frac) = v.split_once('.').unwrap_or((v, ""));
+    let secs: i64 = secs.parse().expect("pax seconds");
+    let half = frac.as_bytes().first().is_some_and(|d| *d >= b'5');
+    match (half, v.starts_with('-')) {
+        (false, _) => secs,
+        (true, false) => secs + 1,
+        (true, true) => secs - 1,
+    }
 }

@@ -32,7 +32,9 @@ pub fn scratch() -> tempfile::TempDir {
 /// Runs `cmd` and returns its output, failing the test with stderr when it does not succeed.
 #[track_caller]
 pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
@@ -46,12 +48,24 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 /// Runs `cmd`, requires a non-zero exit without a panic, and returns stderr.
 #[track_caller]
 pub fn run_fail(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{cmd:?} unexpectedly succeeded; stderr: {stderr}");
-    assert_eq!(out.status.code(), Some(1), "{cmd:?} must exit 1 (not a signal/crash): {stderr}");
+    assert!(
+        !out.status.success(),
+        "{cmd:?} unexpectedly succeeded; stderr: {stderr}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{cmd:?} must exit 1 (not a signal/crash): {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{cmd:?} panicked: {stderr}");
-    assert!(!stderr.trim().is_empty(), "{cmd:?} failed without a message");
+    assert!(
+        !stderr.trim().is_empty(),
+        "{cmd:?} failed without a message"
+    );
     stderr
 }
 
@@ -78,8 +92,17 @@ pub fn convert(input: &Path, out: &Path, extra: &[&str]) -> ConvertOutput {
 pub fn parse_convert_output(stdout: &[u8]) -> ConvertOutput {
     let raw: serde_json::Value = serde_json::from_slice(stdout)
         .unwrap_or_else(|e| panic!("convert stdout is not one JSON object ({e}): {stdout:?}"));
-    let s = |k: &str| raw[k].as_str().unwrap_or_else(|| panic!("no string {k} in {raw}")).to_string();
-    let n = |k: &str| raw[k].as_u64().unwrap_or_else(|| panic!("no number {k} in {raw}"));
+    let s = |k: &str| {
+        raw[k]
+            .as_str()
+            .unwrap_or_else(|| panic!("no string {k} in {raw}"))
+            .to_string()
+    };
+    let n = |k: &str| {
+        raw[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no number {k} in {raw}"))
+    };
     ConvertOutput {
         digest: s("digest"),
         size: n("size"),

@@ -18,7 +18,10 @@ use std::sync::OnceLock;
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test needs root (device nodes, ownership, xattrs); run it as root");
+    assert_eq!(
+        euid, 0,
+        "this test needs root (device nodes, ownership, xattrs); run it as root"
+    );
 }
 
 /// `tar -x` of `blob` into `dir` exactly as a container runtime would extract a layer as root.
@@ -27,7 +30,14 @@ pub fn gnu_tar_extract(blob: &Path, dir: &Path) {
     require_root();
     fs::create_dir_all(dir).expect("create extraction dir");
     let out = Command::new("tar")
-        .args(["-x", "--xattrs", "--xattrs-include=*", "--same-owner", "-p", "--numeric-owner"])
+        .args([
+            "-x",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--same-owner",
+            "-p",
+            "--numeric-owner",
+        ])
         .arg("-f")
         .arg(blob)
         .arg("-C")
@@ -105,16 +115,14 @@ fn locate_or_build_oracle() -> PathBuf {
          (the shared/ directory beside the repository)",
         source.display()
     );
-    for tool in ["go"] {
-        let found = Command::new(tool).arg("version").output().is_ok();
-        assert!(
-            found,
-            "building esgz-oracle needs `{tool}`: apt-get install golang-go \
-             golang-github-containerd-stargz-snapshotter-dev"
-        );
-    }
     assert!(
-        Path::new("/usr/share/gocode/src/github.com/containerd/stargz-snapshotter/estargz").is_dir(),
+        Command::new("go").arg("version").output().is_ok(),
+        "building esgz-oracle needs `go`: apt-get install golang-go \
+         golang-github-containerd-stargz-snapshotter-dev"
+    );
+    assert!(
+        Path::new("/usr/share/gocode/src/github.com/containerd/stargz-snapshotter/estargz")
+            .is_dir(),
         "building esgz-oracle needs the Debian package golang-github-containerd-stargz-snapshotter-dev"
     );
     copy_tree(&source, &peers);

@@ -100,12 +100,20 @@ impl Tree {
                 }
                 Kind::Char | Kind::Block => {
                     let r = meta.rdev();
-                    (None, None, None, Some((libc::major(r) as u64, libc::minor(r) as u64)))
+                    (
+                        None,
+                        None,
+                        None,
+                        Some((libc::major(r) as u64, libc::minor(r) as u64)),
+                    )
                 }
                 _ => (None, None, None, None),
             };
             if kind != Kind::Dir {
-                inodes.entry((meta.dev(), meta.ino())).or_default().push(key.clone());
+                inodes
+                    .entry((meta.dev(), meta.ino()))
+                    .or_default()
+                    .push(key.clone());
             }
             nodes.insert(
                 key.clone(),
@@ -128,7 +136,11 @@ impl Tree {
                 for child in fs::read_dir(&path).expect("read_dir") {
                     let child = child.expect("dirent");
                     let name = String::from_utf8_lossy(child.file_name().as_bytes()).into_owned();
-                    let child_key = if key.is_empty() { name } else { format!("{key}/{name}") };
+                    let child_key = if key.is_empty() {
+                        name
+                    } else {
+                        format!("{key}/{name}")
+                    };
                     stack.push((child.path(), child_key));
                 }
             }
@@ -148,6 +160,15 @@ impl Tree {
     pub fn without_layer_metadata(mut self) -> Tree {
         for name in LAYER_METADATA {
             self.nodes.remove(name);
+        }
+        self
+    }
+
+    /// Every mtime rounded to the nearest second (halves up): the precision of the TOC's
+    /// `modtime`, so the most any TOC-driven extraction or mount can reproduce.
+    pub fn with_mtimes_rounded_to_seconds(mut self) -> Tree {
+        for n in self.nodes.values_mut() {
+            n.mtime = (n.mtime.0 + i64::from(n.mtime.1 >= 500_000_000), 0);
         }
         self
     }
@@ -189,9 +210,21 @@ pub fn diff_trees(expected: &Tree, actual: &Tree, opts: &CompareOptions) -> Vec<
         field("uid", e.uid.to_string(), a.uid.to_string());
         field("gid", e.gid.to_string(), a.gid.to_string());
         field("size", format!("{:?}", e.size), format!("{:?}", a.size));
-        field("sha256", format!("{:?}", e.sha256), format!("{:?}", a.sha256));
-        field("link target", format!("{:?}", e.link_target), format!("{:?}", a.link_target));
-        field("xattrs", format!("{:?}", e.xattrs), format!("{:?}", a.xattrs));
+        field(
+            "sha256",
+            format!("{:?}", e.sha256),
+            format!("{:?}", a.sha256),
+        );
+        field(
+            "link target",
+            format!("{:?}", e.link_target),
+            format!("{:?}", a.link_target),
+        );
+        field(
+            "xattrs",
+            format!("{:?}", e.xattrs),
+            format!("{:?}", a.xattrs),
+        );
         field("rdev", format!("{:?}", e.rdev), format!("{:?}", a.rdev));
         if !opts.skip_mtime.contains(path) {
             field("mtime", format!("{:?}", e.mtime), format!("{:?}", a.mtime));
@@ -216,14 +249,22 @@ pub fn diff_trees(expected: &Tree, actual: &Tree, opts: &CompareOptions) -> Vec<
 /// Panics with the first differences when the trees differ.
 #[track_caller]
 pub fn assert_same_tree(what: &str, expected: &Tree, actual: &Tree, opts: &CompareOptions) {
-    assert!(expected.len() > 1, "{what}: the expected tree is empty; the oracle extracted nothing");
+    assert!(
+        expected.len() > 1,
+        "{what}: the expected tree is empty; the oracle extracted nothing"
+    );
     let diffs = diff_trees(expected, actual, opts);
     assert!(
         diffs.is_empty(),
         "{what}: {} differences over {} paths, first ones:\n{}",
         diffs.len(),
         expected.len(),
-        diffs.iter().take(40).cloned().collect::<Vec<_>>().join("\n")
+        diffs
+            .iter()
+            .take(40)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
@@ -247,26 +288,53 @@ pub fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     // SAFETY: c is a valid NUL-terminated path; a null buffer with size 0 asks for the length.
     let len = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
-    assert!(len >= 0, "llistxattr {}: {}", path.display(), std::io::Error::last_os_error());
+    assert!(
+        len >= 0,
+        "llistxattr {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
     if len == 0 {
         return out;
     }
     let mut names = vec![0u8; len as usize];
     // SAFETY: names has exactly `len` writable bytes.
     let len = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    assert!(len >= 0, "llistxattr {}: {}", path.display(), std::io::Error::last_os_error());
-    for name in names[..len as usize].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+    assert!(
+        len >= 0,
+        "llistxattr {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    for name in names[..len as usize]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+    {
         let cname = CString::new(name).expect("xattr name");
         // SAFETY: both strings are NUL-terminated; size 0 asks for the value length.
-        let vlen =
-            unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
-        assert!(vlen >= 0, "lgetxattr {}: {}", path.display(), std::io::Error::last_os_error());
+        let vlen = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
+        assert!(
+            vlen >= 0,
+            "lgetxattr {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
         let mut value = vec![0u8; vlen as usize];
         // SAFETY: value has exactly `vlen` writable bytes.
         let vlen = unsafe {
-            libc::lgetxattr(c.as_ptr(), cname.as_ptr(), value.as_mut_ptr().cast(), value.len())
+            libc::lgetxattr(
+                c.as_ptr(),
+                cname.as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
         };
-        assert!(vlen >= 0, "lgetxattr {}: {}", path.display(), std::io::Error::last_os_error());
+        assert!(
+            vlen >= 0,
+            "lgetxattr {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
         value.truncate(vlen as usize);
         out.insert(String::from_utf8_lossy(name).into_owned(), value);
     }

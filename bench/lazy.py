@@ -1,0 +1,240 @@
+#!/usr/bin/env python3
+"""End-to-end start-up benchmark of regfs, in the spirit of HelloBench.
+
+For each image and workload, cold every time (fresh cache dir, page cache dropped, containerd
+content removed), through the testbed's WAN emulator (shaper.py) at --rate Mbit/s and --rtt ms:
+
+  classic    containerd: `ctr images pull` + `ctr run --rm` of IMAGE:latest (gzip layers)
+  lazy       `regfs run --rm` of IMAGE:regfs      (regfs convert-image, no prioritized files)
+  optimized  `regfs run --rm` of IMAGE:regfs-opt  (regfs optimize with the same workload)
+  reference  the reference stargz snapshotter (../shared/peers): `ctr-remote rpull` + `ctr run`
+             of IMAGE:esgz-opt (`ctr-remote image optimize`, made by ../shared/testbed/estargz.sh)
+
+Reports per mode the median of --runs total times to the workload's result, bytes and requests
+regfs fetched, as a Markdown table (stdout and --out) and an SVG bar chart (--svg).
+
+Needs (see BENCHMARKS.md): the testbed up (registry 127.0.0.1:5000 with the images, containerd),
+target/release/regfs, target/peers/bin (../shared/peers/build.sh run in a copy) for `reference`.
+Loopback only.
+"""
+import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.environ.get("REGFS_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
+TESTBED = os.path.join(SHARED, "testbed")
+REGFS = os.environ.get("REGFS_BIN", os.path.join(ROOT, "target/release/regfs"))
+PEERS = os.environ.get("REGFS_PEERS", os.path.join(ROOT, "target/peers"))
+REGISTRY = "127.0.0.1:5000"
+CTRD_SOCK = "/tmp/testbed/containerd/containerd.sock"
+
+WORKLOADS = {
+    "python": (["python3", "-c", "print(42)"], "42"),
+    "busybox": (["sh", "-c", "echo hello"], "hello"),
+    # big: python's layers + gcc + 600 MiB of random data; the workload reads a small part.
+    "big": (["python3", "-c", "print(42)"], "42"),
+}
+
+
+def sh(cmd, check=True, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if check and r.returncode != 0:
+        sys.exit(f"command failed ({r.returncode}): {' '.join(cmd)}\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def drop_caches():
+    subprocess.run(["sync"])
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+class Shaper:
+    """A private shaper.py instance in front of the registry."""
+
+    def __init__(self, port, rate, rtt):
+        self.port = port
+        self.log = open(f"/tmp/regfs-bench-shaper-{port}.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(TESTBED, "shaper.py"), "--listen", f"127.0.0.1:{port}",
+             "--upstream", REGISTRY, "--rate-mbit", str(rate), "--rtt-ms", str(rtt)],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        for _ in range(100):
+            if subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/v2/"]).returncode == 0:
+                return
+            time.sleep(0.1)
+        sys.exit("shaper did not start")
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def ms(t0):
+    return (time.monotonic() - t0) * 1000.0
+
+
+def manifest_size(image, tag):
+    r = sh(["curl", "-fsS", "-H", "Accept: application/vnd.oci.image.manifest.v1+json",
+            f"http://{REGISTRY}/v2/{image}/manifests/{tag}"], check=False)
+    if r.returncode != 0:
+        return None
+    return sum(l["size"] for l in json.loads(r.stdout)["layers"])
+
+
+def prepare(image, cmd, force):
+    """IMAGE:regfs and IMAGE:regfs-opt from IMAGE:latest (direct, unshaped)."""
+    src = f"{REGISTRY}/{image}:latest"
+    if force or manifest_size(image, "regfs") is None:
+        t0 = time.monotonic()
+        sh([REGFS, "convert-image", src, f"{REGISTRY}/{image}:regfs"])
+        print(f"  prepared {image}:regfs in {ms(t0):.0f} ms", file=sys.stderr)
+    if force or manifest_size(image, "regfs-opt") is None:
+        t0 = time.monotonic()
+        cache = tempfile.mkdtemp(prefix="regfs-bench-opt-")
+        sh([REGFS, "optimize", "--cache-dir", cache, src, f"{REGISTRY}/{image}:regfs-opt", "--", *cmd])
+        shutil.rmtree(cache, ignore_errors=True)
+        print(f"  prepared {image}:regfs-opt in {ms(t0):.0f} ms", file=sys.stderr)
+
+
+def run_classic(host, image, cmd, want):
+    ctr = ["ctr", "--address", CTRD_SOCK, "--namespace", "regfs-bench"]
+    for i in sh(ctr + ["images", "ls", "-q"], check=False).stdout.split():
+        sh(ctr + ["images", "rm", "--sync", i], check=False)
+    drop_caches()
+    ref = f"{host}/{image}:latest"
+    t0 = time.monotonic()
+    sh(ctr + ["images", "pull", "--plain-http", ref])
+    out = sh(ctr + ["run", "--rm", ref, f"regfs-bench-{os.getpid()}", *cmd]).stdout.strip()
+    total = ms(t0)
+    if out != want:
+        sys.exit(f"classic: unexpected output {out!r}")
+    return {"total": total, "bytes": manifest_size(image, "latest"), "requests": None}
+
+
+def run_regfs(host, image, tag, cmd, want):
+    cache = tempfile.mkdtemp(prefix="regfs-bench-cache-")
+    stats = os.path.join(cache, "stats.json")
+    drop_caches()
+    t0 = time.monotonic()
+    r = sh([REGFS, "run", "--rm", "--cache-dir", cache, "--stats-file", stats, f"{host}/{image}:{tag}", *cmd])
+    total = ms(t0)
+    if r.stdout.strip() != want:
+        sys.exit(f"regfs {tag}: unexpected output {r.stdout!r}")
+    s = json.load(open(stats))
+    shutil.rmtree(cache, ignore_errors=True)
+    return {"total": total, "bytes": s["registryBytes"], "requests": s["registryRequests"],
+            "open": s["openMs"], "workload": s["workloadMs"]}
+
+
+def run_reference(host, image, cmd, want):
+    sn = os.path.join(PEERS, "snapshotter.sh")
+    env = dict(os.environ, PEERS_SN="/tmp/regfs-bench-sn")
+    sh([sn, "stop"], check=False, env=env)
+    shutil.rmtree("/tmp/regfs-bench-sn", ignore_errors=True)
+    sh([sn, "start"], env=env)
+    drop_caches()
+    ref = f"{host}/{image}:esgz-opt"
+    ctr = [sn, "ctr"]
+    t0 = time.monotonic()
+    sh(ctr + ["images", "rpull", "--plain-http", ref], env=env)
+    out = sh(ctr + ["run", "--rm", "--snapshotter=stargz", ref, f"regfs-bench-ref-{os.getpid()}", *cmd],
+             env=env).stdout.strip()
+    total = ms(t0)
+    sh([sn, "stop"], check=False, env=env)
+    if out != want:
+        sys.exit(f"reference: unexpected output {out!r}")
+    return {"total": total, "bytes": None, "requests": None}
+
+
+def svg_chart(rows, path):
+    """Horizontal bars of the median total per (image, mode)."""
+    width, bar_h, gap, left = 760, 22, 8, 190
+    vmax = max(r["total"] for r in rows) or 1
+    h = 40 + len(rows) * (bar_h + gap)
+    colors = {"classic": "#9e9e9e", "lazy": "#64b5f6", "optimized": "#1565c0", "reference": "#ffb74d"}
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" font-family="sans-serif" font-size="12">',
+             f'<text x="10" y="20" font-size="14">time to the workload\'s result (median, ms; lower is better)</text>']
+    for i, r in enumerate(rows):
+        y = 35 + i * (bar_h + gap)
+        w = (width - left - 90) * r["total"] / vmax
+        parts.append(f'<text x="10" y="{y + 15}">{r["image"]} / {r["mode"]}</text>')
+        parts.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{colors.get(r["mode"], "#777")}"/>')
+        parts.append(f'<text x="{left + w + 5:.1f}" y="{y + 15}">{r["total"]:.0f}</text>')
+    parts.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(parts) + "\n")
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "n/a"
+    if unit == "MB":
+        return f"{v / 1e6:.2f}"
+    return f"{v:.0f}"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", default="python,busybox")
+    ap.add_argument("--modes", default="classic,lazy,optimized,reference")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--rate", type=float, default=100.0, help="Mbit/s")
+    ap.add_argument("--rtt", type=float, default=20.0, help="ms")
+    ap.add_argument("--port", type=int, default=5180, help="shaper port")
+    ap.add_argument("--prepare", action="store_true", help="re-create IMAGE:regfs and IMAGE:regfs-opt")
+    ap.add_argument("--out", help="append the Markdown report to this file")
+    ap.add_argument("--svg", help="write the chart here")
+    a = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root (FUSE mounts, containers, drop_caches)")
+    modes = a.modes.split(",")
+    shaper = Shaper(a.port, a.rate, a.rtt)
+    host = f"127.0.0.1:{a.port}"
+    rows = []
+    try:
+        for image in a.images.split(","):
+            cmd, want = WORKLOADS[image]
+            prepare(image, cmd, a.prepare)
+            results = {m: [] for m in modes}
+            for run in range(a.runs):
+                for mode in modes:  # interleaved, so drift on the shared machine hits every mode alike
+                    if mode == "classic":
+                        r = run_classic(host, image, cmd, want)
+                    elif mode == "lazy":
+                        r = run_regfs(host, image, "regfs", cmd, want)
+                    elif mode == "optimized":
+                        r = run_regfs(host, image, "regfs-opt", cmd, want)
+                    elif mode == "reference":
+                        r = run_reference(host, image, cmd, want)
+                    else:
+                        sys.exit(f"unknown mode {mode}")
+                    results[mode].append(r)
+                    print(f"  {image} {mode} run {run + 1}: {r['total']:.0f} ms", file=sys.stderr)
+            for mode in modes:
+                rs = results[mode]
+                med = lambda k: statistics.median(x[k] for x in rs) if rs and rs[0].get(k) is not None else None
+                rows.append({"image": image, "mode": mode, "total": med("total"), "bytes": med("bytes"),
+                             "requests": med("requests"), "open": med("open"), "workload": med("workload"),
+                             "all": [round(x["total"]) for x in rs]})
+    finally:
+        shaper.stop()
+    lines = [f"Shaped link: {a.rate:g} Mbit/s, {a.rtt:g} ms RTT (shaper.py); median of {a.runs} cold runs; "
+             f"`{' '.join(sys.argv)}`", "",
+             "| image | mode | total ms | vs classic | fetched MB | requests | mount ms | workload ms | all runs |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        base = next((x["total"] for x in rows if x["image"] == r["image"] and x["mode"] == "classic"), None)
+        ratio = f"{base / r['total']:.1f}x faster" if base and r["mode"] != "classic" else ""
+        lines.append(f"| {r['image']} | {r['mode']} | {fmt(r['total'])} | {ratio} | {fmt(r['bytes'], 'MB')} | "
+                     f"{fmt(r['requests'])} | {fmt(r['open'])} | {fmt(r['workload'])} | {' '.join(map(str, r['all']))} |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    if a.out:
+        with open(a.out, "a") as f:
+            f.write(report + "\n")
+    if a.svg:
+        svg_chart(rows, a.svg)
+
+
+if __name__ == "__main__":
+    main()

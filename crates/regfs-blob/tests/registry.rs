@@ -1,0 +1,133 @@
+//! The cache over a real Debian `docker-registry` on a free loopback port: chunks of a pushed
+//! blob are read with ranged GETs, merged into few requests, verified and cached.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use regfs_blob::{
+    BlobSource, ChunkCache, ChunkStore, FaultySource, PlannerConfig, RegistrySource, RequestSource,
+};
+use regfs_registry::{Client, ClientConfig, Reference};
+
+/// A registry starts in well under a second here; 300 polls of 100 ms bound a hung start.
+const STARTUP_POLLS: usize = 300;
+
+struct Registry {
+    host: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    async fn start() -> Registry {
+        let found = std::env::var_os("PATH").is_some_and(|p| {
+            std::env::split_paths(&p).any(|d| d.join("docker-registry").is_file())
+        });
+        assert!(
+            found,
+            "required tool `docker-registry` is missing: apt-get install docker-registry"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let host = format!("127.0.0.1:{port}");
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n  secret: regfs-test\n",
+            dir.path().join("data").display()
+        );
+        let cfg = dir.path().join("config.yml");
+        std::fs::write(&cfg, config).unwrap();
+        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("starting docker-registry");
+        for _ in 0..STARTUP_POLLS {
+            if tokio::net::TcpStream::connect(&host).await.is_ok() {
+                return Registry {
+                    host,
+                    child,
+                    _dir: dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("docker-registry on {host} never listened");
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_come_from_a_real_registry_in_few_requests() {
+    let registry = Registry::start().await;
+    let docker_dir = tempfile::tempdir().unwrap();
+    let client = Client::new(ClientConfig {
+        docker_config_dir: Some(docker_dir.path().to_owned()),
+        ..ClientConfig::default()
+    })
+    .unwrap();
+    let repo: Reference = format!("{}/regfs/blob-test:1", registry.host).parse().unwrap();
+
+    let mut data = support::chunks(7, 5, 50_000);
+    // A far chunk: the gap before it is larger than max_gap, so it is a second range.
+    data.push(support::content(1234, 600_000));
+    data.push(support::content(8, 20_000));
+    let blob = support::build(&data);
+    client
+        .push_blob(&repo, &blob.digest, blob.bytes.clone().into())
+        .await
+        .unwrap();
+
+    let src = Arc::new(FaultySource::new(RegistrySource::new(client.clone(), repo)));
+    assert_eq!(src.size(&blob.digest).await.unwrap(), blob.bytes.len() as u64);
+    let dir = tempfile::tempdir().unwrap();
+    let cache = ChunkCache::new(
+        ChunkStore::open(dir.path(), None).unwrap(),
+        PlannerConfig::default(),
+    );
+    let layer = cache.layer(blob.layer(src.clone()));
+
+    // Chunks 0..5 are adjacent; chunk 6 lies beyond the 600 KB chunk 5.
+    let mut want = blob.chunks[..5].to_vec();
+    want.push(blob.chunks[6].clone());
+    let before = client.stats().requests;
+    let got = layer.read_chunks(&want, RequestSource::OnDemand).await.unwrap();
+    for (i, g) in [0, 1, 2, 3, 4, 6].into_iter().zip(&got) {
+        assert_eq!(g[..], blob.data[i][..], "chunk {i}");
+    }
+    assert_eq!(src.calls(), 1, "one read_ranges call for the whole read");
+    assert_eq!(src.log()[0].len(), 2, "two ranges: the adjacent run and the far chunk");
+    let http = client.stats().requests - before;
+    assert!(http <= 2, "{http} HTTP requests for one multi-range read");
+    assert_eq!(layer.stats().misses, 6);
+
+    // Everything read is now local.
+    let again = layer.read_chunks(&want, RequestSource::OnDemand).await.unwrap();
+    assert_eq!(again, got);
+    assert_eq!(src.calls(), 1);
+    assert_eq!(layer.stats().hits, 6);
+
+    // The remaining chunk: one single-range GET that stops at the TOC.
+    let before = client.stats().requests;
+    let last = layer
+        .read_chunks(&blob.chunks[5..6], RequestSource::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(last[0][..], blob.data[5][..]);
+    assert_eq!(client.stats().requests - before, 1);
+}

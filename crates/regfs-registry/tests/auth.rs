@@ -1,0 +1,234 @@
+//! Auth against a real `docker-registry`: htpasswd Basic, token auth (OAuth2 POST, GET fallback,
+//! identity tokens) and credentials from docker's `config.json`.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+
+use base64::Engine as _;
+use regfs_registry::{Client, Credentials, Digest, Error};
+use support::{Auth, Registry, TokenOptions, TokenServer, pattern, push_image, test_config};
+
+const USER: &str = "tester";
+const PASS: &str = "s3cret-pass";
+
+fn user_pass(user: &str, pass: &str) -> Credentials {
+    Credentials::UserPassword {
+        username: user.into(),
+        password: pass.into(),
+    }
+}
+
+/// Push an image and read it back; proves pull and push scopes work.
+async fn round_trip(client: &Client, reg: &Registry) {
+    let r = reg.reference("auth/img:1");
+    let layer = pattern(10_000, 11);
+    let (_, digest, layer_digest) = push_image(client, &r, "amd64", &layer, true).await;
+    let img = client.resolve(&r).await.unwrap();
+    assert_eq!(img.manifest_digest, digest);
+    let got = client.read_range(&r, &layer_digest, 10..20).await.unwrap();
+    assert_eq!(&got[..], &layer[10..20]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn basic_auth_good_and_bad_credentials() {
+    let reg = Registry::start(Auth::Htpasswd {
+        user: USER.into(),
+        password: PASS.into(),
+    })
+    .await;
+    let cfg_dir = tempfile::tempdir().unwrap();
+
+    let mut cfg = test_config(cfg_dir.path());
+    cfg.credentials
+        .insert(reg.host.clone(), user_pass(USER, PASS));
+    round_trip(&Client::new(cfg).unwrap(), &reg).await;
+
+    let mut cfg = test_config(cfg_dir.path());
+    cfg.credentials
+        .insert(reg.host.clone(), user_pass(USER, "wrong"));
+    let err = Client::new(cfg)
+        .unwrap()
+        .fetch_manifest(&reg.reference("auth/img:1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unauthorized { .. }), "{err}");
+    assert!(err.to_string().contains(&reg.host), "{err}");
+    assert!(err.to_string().contains("rejected"), "{err}");
+
+    let err = Client::new(test_config(cfg_dir.path()))
+        .unwrap()
+        .fetch_manifest(&reg.reference("auth/img:1"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no username/password"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_auth_with_oauth2_post() {
+    let tokens = TokenServer::start(TokenOptions {
+        user: USER.into(),
+        password: PASS.into(),
+        post: true,
+    })
+    .await;
+    let reg = Registry::start(tokens.registry_auth()).await;
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(cfg_dir.path());
+    cfg.credentials
+        .insert(reg.host.clone(), user_pass(USER, PASS));
+    let client = Client::new(cfg).unwrap();
+    round_trip(&client, &reg).await;
+    assert!(tokens.posts.load(Ordering::SeqCst) > 0);
+    assert_eq!(tokens.gets.load(Ordering::SeqCst), 0);
+    // Tokens are cached per scope: far fewer token fetches than requests.
+    let s = client.stats();
+    assert!(
+        s.token_fetches >= 2 && s.token_fetches * 3 < s.requests,
+        "{s:?}"
+    );
+
+    let mut cfg = test_config(cfg_dir.path());
+    cfg.credentials
+        .insert(reg.host.clone(), user_pass(USER, "wrong"));
+    let err = Client::new(cfg)
+        .unwrap()
+        .fetch_manifest(&reg.reference("auth/img:1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unauthorized { .. }), "{err}");
+
+    // Anonymous: the token server wants credentials.
+    let err = Client::new(test_config(cfg_dir.path()))
+        .unwrap()
+        .fetch_manifest(&reg.reference("auth/img:1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unauthorized { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_auth_falls_back_to_get_when_post_is_unsupported() {
+    let tokens = TokenServer::start(TokenOptions {
+        user: USER.into(),
+        password: PASS.into(),
+        post: false,
+    })
+    .await;
+    let reg = Registry::start(tokens.registry_auth()).await;
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(cfg_dir.path());
+    cfg.credentials
+        .insert(reg.host.clone(), user_pass(USER, PASS));
+    round_trip(&Client::new(cfg).unwrap(), &reg).await;
+    assert!(tokens.gets.load(Ordering::SeqCst) > 0);
+    let post_reqs = tokens
+        .server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .count();
+    assert!(post_reqs > 0, "POST was not tried first");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_config_auths_and_identity_token() {
+    let tokens = TokenServer::start(TokenOptions {
+        user: USER.into(),
+        password: PASS.into(),
+        post: true,
+    })
+    .await;
+    let reg = Registry::start(tokens.registry_auth()).await;
+
+    // `auth` (base64 user:pass) under an http:// key.
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"));
+    std::fs::write(
+        cfg_dir.path().join("config.json"),
+        format!(
+            r#"{{"auths":{{"http://{}":{{"auth":"{auth}"}}}}}}"#,
+            reg.host
+        ),
+    )
+    .unwrap();
+    round_trip(&Client::new(test_config(cfg_dir.path())).unwrap(), &reg).await;
+
+    // identitytoken: a refresh token obtained with the password grant, then the refresh grant.
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("grant_type", "password")
+        .append_pair("username", USER)
+        .append_pair("password", PASS)
+        .append_pair("service", support::TOKEN_SERVICE)
+        .append_pair("client_id", "test")
+        .finish();
+    let reply: serde_json::Value = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(tokens.realm())
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rt = reply["refresh_token"].as_str().unwrap();
+    let id_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        id_dir.path().join("config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"identitytoken":"{rt}"}}}}}}"#,
+            reg.host
+        ),
+    )
+    .unwrap();
+    let before = tokens.refresh_posts.load(Ordering::SeqCst);
+    let client = Client::new(test_config(id_dir.path())).unwrap();
+    let r = reg.reference("auth/img:1");
+    let img = client.resolve(&r).await.unwrap();
+    assert_eq!(Digest::sha256(&img.manifest_bytes), img.manifest_digest);
+    assert!(tokens.refresh_posts.load(Ordering::SeqCst) > before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_cold_reads_share_one_token() {
+    let tokens = TokenServer::start(TokenOptions {
+        user: USER.into(),
+        password: PASS.into(),
+        post: true,
+    })
+    .await;
+    let reg = Registry::start(tokens.registry_auth()).await;
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(cfg_dir.path());
+    cfg.credentials
+        .insert(reg.host.clone(), user_pass(USER, PASS));
+    let pusher = Client::new(cfg.clone()).unwrap();
+    let r = reg.reference("auth/race:1");
+    let data = pattern(64 * 1024, 13);
+    let digest = Digest::sha256(&data);
+    pusher
+        .push_blob(&r, &digest, data.clone().into())
+        .await
+        .unwrap();
+
+    let client = Client::new(cfg).unwrap();
+    let reads = (0..16u64).map(|i| {
+        let (client, r) = (client.clone(), r.clone());
+        tokio::spawn(async move {
+            let range = i * 4096..(i + 1) * 4096;
+            (
+                range.clone(),
+                client.read_range(&r, &digest, range).await.unwrap(),
+            )
+        })
+    });
+    for task in futures::future::join_all(reads).await {
+        let (range, got) = task.unwrap();
+        assert_eq!(&got[..], &data[range.start as usize..range.end as usize]);
+    }
+    assert_eq!(client.stats().token_fetches, 1, "{:?}", client.stats());
+}

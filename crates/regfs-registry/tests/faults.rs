@@ -1,0 +1,377 @@
+//! Fault injection with a hand-written HTTP server, for what a real registry will not do:
+//! 5xx and 429 bursts, resets mid-body, ignored Range, wrong bytes, expiring tokens, expiring
+//! redirect targets, unreachable hosts.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use regfs_registry::{Client, Credentials, Digest, Error, Reference};
+use support::{FakeServer, HttpRequest, Reply, pattern, test_config};
+
+fn blob() -> (Vec<u8>, Digest) {
+    let data = pattern(50_000, 42);
+    let d = Digest::sha256(&data);
+    (data, d)
+}
+
+fn client() -> (Client, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    (Client::new(test_config(dir.path())).unwrap(), dir)
+}
+
+fn reference(server: &FakeServer) -> Reference {
+    format!("{}/fault/repo:1", server.host()).parse().unwrap()
+}
+
+/// `(start, end_exclusive)` of a `Range: bytes=a-b` or `bytes=a-` header.
+fn range_of(req: &HttpRequest, len: usize) -> Option<(usize, usize)> {
+    let spec = req.header("range")?.strip_prefix("bytes=")?;
+    let (a, b) = spec.split_once('-')?;
+    let a: usize = a.parse().ok()?;
+    let b = if b.is_empty() {
+        len
+    } else {
+        b.parse::<usize>().ok()? + 1
+    };
+    Some((a, b.min(len)))
+}
+
+/// A correct 206 or 200 for `data`.
+fn serve(req: &HttpRequest, data: &[u8]) -> Reply {
+    match range_of(req, data.len()) {
+        Some((a, b)) => Reply::with(
+            206,
+            &[(
+                "Content-Range",
+                &format!("bytes {a}-{}/{}", b - 1, data.len()),
+            )],
+            data[a..b].to_vec(),
+        ),
+        None => Reply::ok(data.to_vec()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn server_error_then_success_is_retried() {
+    let (data, digest) = blob();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let server = FakeServer::start(move |req| {
+        if c.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::status(500)
+        } else {
+            serve(req, &data)
+        }
+    })
+    .await;
+    let (client, _d) = client();
+    let got = client
+        .fetch_blob(&reference(&server), &digest)
+        .await
+        .unwrap();
+    assert_eq!(Digest::sha256(&got), digest);
+    assert_eq!(client.stats().retries, 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn not_implemented_is_not_retried() {
+    let server = FakeServer::start(|_| Reply::status(501)).await;
+    let (client, _d) = client();
+    let err = client
+        .fetch_blob(&reference(&server), &blob().1)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Status { status: 501, .. }), "{err}");
+    assert_eq!(server.requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn too_many_requests_honours_retry_after() {
+    let (data, digest) = blob();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let server = FakeServer::start(move |req| {
+        if c.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::with(429, &[("Retry-After", "1")], b"slow down".to_vec())
+        } else {
+            serve(req, &data)
+        }
+    })
+    .await;
+    let (client, _d) = client();
+    let r = reference(&server);
+    let got = client.read_range(&r, &digest, 100..200).await.unwrap();
+    assert_eq!(&got[..], &blob().0[100..200]);
+    assert_eq!(client.stats().retries, 1);
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reset_mid_body_resumes_streaming_fetch() {
+    let (data, digest) = blob();
+    let server = {
+        let data = data.clone();
+        let calls = Arc::new(AtomicUsize::new(0));
+        FakeServer::start(move |req| {
+            if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                Reply::Cut {
+                    status: 200,
+                    headers: vec![],
+                    declared_len: data.len(),
+                    body: data[..20_000].to_vec(),
+                }
+            } else {
+                serve(req, &data)
+            }
+        })
+        .await
+    };
+    let (client, _d) = client();
+    let mut out = Vec::new();
+    let n = client
+        .fetch_blob_to(&reference(&server), &digest, &mut out)
+        .await
+        .unwrap();
+    assert_eq!(n, data.len() as u64);
+    assert_eq!(out, data);
+    let reqs = server.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[1].header("range"), Some("bytes=20000-"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn short_range_body_is_an_error_never_short_bytes() {
+    let (data, digest) = blob();
+    // Always cuts the 206 body short: every attempt fails, the caller gets an error.
+    let server = FakeServer::start(move |req| {
+        let (a, b) = range_of(req, data.len()).unwrap();
+        Reply::Cut {
+            status: 206,
+            headers: vec![(
+                "Content-Range".into(),
+                format!("bytes {a}-{}/{}", b - 1, data.len()),
+            )],
+            declared_len: b - a,
+            body: data[a..a + (b - a) / 2].to_vec(),
+        }
+    })
+    .await;
+    let (client, _d) = client();
+    let err = client
+        .read_range(&reference(&server), &digest, 0..1000)
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(server.requests().len(), 4, "first attempt + 3 retries");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_content_range_is_rejected() {
+    let (data, digest) = blob();
+    let server = FakeServer::start(move |_| {
+        Reply::with(
+            206,
+            &[("Content-Range", "bytes 5-14/50000")],
+            data[5..15].to_vec(),
+        )
+    })
+    .await;
+    let (client, _d) = client();
+    let err = client
+        .read_range(&reference(&server), &digest, 0..10)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::BadRangeReply { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ignored_range_is_sliced_from_full_body() {
+    let (data, digest) = blob();
+    let d2 = data.clone();
+    let server = FakeServer::start(move |_| Reply::ok(d2.clone())).await;
+    let (client, _d) = client();
+    let r = reference(&server);
+    let got = client.read_range(&r, &digest, 1234..1300).await.unwrap();
+    assert_eq!(&got[..], &data[1234..1300]);
+    let ranges = [0..10, 40_000..40_100, 49_990..50_000];
+    let parts = client.read_ranges(&r, &digest, &ranges).await.unwrap();
+    for (rg, p) in ranges.iter().zip(&parts) {
+        assert_eq!(&p[..], &data[rg.start as usize..rg.end as usize]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn multi_range_refused_falls_back_to_single_ranges() {
+    let (data, digest) = blob();
+    let d2 = data.clone();
+    let server = FakeServer::start(move |req| {
+        if req.header("range").is_some_and(|r| r.contains(',')) {
+            Reply::status(400)
+        } else {
+            serve(req, &d2)
+        }
+    })
+    .await;
+    let (client, _d) = client();
+    let r = reference(&server);
+    let ranges = [0..10, 100..110, 200..210];
+    let parts = client.read_ranges(&r, &digest, &ranges).await.unwrap();
+    for (rg, p) in ranges.iter().zip(&parts) {
+        assert_eq!(&p[..], &data[rg.start as usize..rg.end as usize]);
+    }
+    assert_eq!(server.requests().len(), 4);
+    // The host is remembered as single-range only.
+    client.read_ranges(&r, &digest, &ranges).await.unwrap();
+    assert_eq!(server.requests().len(), 7);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_bytes_for_full_blob_are_a_digest_mismatch() {
+    let (_, digest) = blob();
+    let server = FakeServer::start(|_| Reply::ok(b"these are not the bytes".to_vec())).await;
+    let (client, _d) = client();
+    let r = reference(&server);
+    let err = client.fetch_blob(&r, &digest).await.unwrap_err();
+    assert!(
+        matches!(err, Error::DigestMismatch { expected, .. } if expected == digest),
+        "{err}"
+    );
+    let mut sink = Vec::new();
+    let err = client
+        .fetch_blob_to(&r, &digest, &mut sink)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_expiring_mid_read_is_refreshed() {
+    let (data, digest) = blob();
+    let issued = Arc::new(AtomicUsize::new(0));
+    let i2 = issued.clone();
+    let realm = Arc::new(std::sync::Mutex::new(String::new()));
+    let realm2 = realm.clone();
+    let server = FakeServer::start(move |req| {
+        if req.path.starts_with("/token") {
+            let n = i2.fetch_add(1, Ordering::SeqCst) + 1;
+            return Reply::ok(format!(r#"{{"token":"tok-{n}","expires_in":3600}}"#).into_bytes());
+        }
+        // Only the newest token is valid.
+        let current = format!("Bearer tok-{}", i2.load(Ordering::SeqCst));
+        if req.header("authorization") != Some(current.as_str()) {
+            let challenge = format!(
+                "Bearer realm=\"{}\",service=\"fake\"",
+                realm2.lock().unwrap()
+            );
+            return Reply::with(401, &[("WWW-Authenticate", &challenge)], vec![]);
+        }
+        serve(req, &data)
+    })
+    .await;
+    *realm.lock().unwrap() = format!("http://{}/token", server.host());
+    let (client, _d) = client();
+    let r = reference(&server);
+    let a = client.read_range(&r, &digest, 0..100).await.unwrap();
+    assert_eq!(client.stats().token_fetches, 1);
+    // tok-1 expires on the server (its lifetime said an hour: the client cannot know).
+    issued.fetch_add(1, Ordering::SeqCst);
+    let b = client.read_range(&r, &digest, 100..200).await.unwrap();
+    assert_eq!(&a[..], &blob().0[..100]);
+    assert_eq!(&b[..], &blob().0[100..200]);
+    assert_eq!(client.stats().token_fetches, 2);
+    let auths: Vec<Option<String>> = server
+        .requests()
+        .iter()
+        .filter(|q| q.path.contains("/blobs/"))
+        .map(|q| q.header("authorization").map(str::to_owned))
+        .collect();
+    // no auth → 401; tok-1 → ok; tok-1 (stale) → 401; tok-3 → ok.
+    assert_eq!(
+        auths,
+        vec![
+            None,
+            Some("Bearer tok-1".into()),
+            Some("Bearer tok-1".into()),
+            Some("Bearer tok-3".into())
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redirect_target_is_cached_without_auth_and_re_resolved_on_expiry() {
+    let (data, digest) = blob();
+    // Object store: accepts only the current signature, never wants our Authorization.
+    let valid_sig = Arc::new(AtomicUsize::new(1));
+    let vs = valid_sig.clone();
+    let d2 = data.clone();
+    let store = FakeServer::start(move |req| {
+        let sig = format!("sig={}", vs.load(Ordering::SeqCst));
+        if !req.path.ends_with(&sig) {
+            return Reply::with(403, &[], b"<Error>Request has expired</Error>".to_vec());
+        }
+        serve(req, &d2)
+    })
+    .await;
+    let store_host = store.host();
+    let signs = Arc::new(AtomicUsize::new(0));
+    let vs = valid_sig.clone();
+    let registry = FakeServer::start(move |req| {
+        if req.header("authorization") != Some("Basic dTpw") {
+            return Reply::with(401, &[("WWW-Authenticate", "Basic realm=\"fake\"")], vec![]);
+        }
+        signs.fetch_add(1, Ordering::SeqCst);
+        let loc = format!(
+            "http://{store_host}/bucket/blob?sig={}",
+            vs.load(Ordering::SeqCst)
+        );
+        Reply::with(307, &[("Location", &loc)], vec![])
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.credentials.insert(
+        registry.host(),
+        Credentials::UserPassword {
+            username: "u".into(),
+            password: "p".into(),
+        },
+    );
+    let client = Client::new(cfg).unwrap();
+    let r = reference(&registry);
+    for (i, rg) in [0..10u64, 10..20, 20..30].into_iter().enumerate() {
+        if i == 2 {
+            // The pre-signed URL expires; the registry now signs a new one.
+            valid_sig.store(2, Ordering::SeqCst);
+        }
+        let got = client.read_range(&r, &digest, rg.clone()).await.unwrap();
+        assert_eq!(&got[..], &data[rg.start as usize..rg.end as usize]);
+    }
+    // Registry: 401 + redirect for read 1, nothing for read 2 (cached), redirect for read 3.
+    let reg_reqs = registry.requests();
+    assert_eq!(reg_reqs.len(), 3, "{reg_reqs:?}");
+    let store_reqs = store.requests();
+    assert_eq!(store_reqs.len(), 4, "ok, ok (cached), 403, ok");
+    assert!(
+        store_reqs
+            .iter()
+            .all(|q| q.header("authorization").is_none())
+    );
+    assert!(store_reqs[3].path.ends_with("sig=2"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unreachable_registry_names_the_host() {
+    let port = support::free_port();
+    let (client, _d) = client();
+    let r: Reference = format!("127.0.0.1:{port}/x/y:1").parse().unwrap();
+    let err = client.fetch_manifest(&r).await.unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert_eq!(client.stats().retries, 3);
+}
