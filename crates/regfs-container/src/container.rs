@@ -123,6 +123,7 @@ fn contain(spec: &ContainerSpec, lower: &Path, scratch: &Path) -> Result<i32, Er
     if spec.net == NetMode::None {
         loopback_up()?;
     }
+    let argv_area = crate::init::own_argv_area();
     rootfs::pivot(&merged)?;
 
     let identity = user::resolve(
@@ -163,6 +164,7 @@ fn contain(spec: &ContainerSpec, lower: &Path, scratch: &Path) -> Result<i32, Er
         &spec.workdir,
         (identity.uid, identity.gid, &identity.groups),
         terminal.as_ref().map(|t| t.slave_fd()),
+        argv_area,
     )
     .map_err(|_| Error::InvalidSpec {
         reason: "the command, environment or working directory contains a NUL byte".to_owned(),
@@ -189,7 +191,13 @@ fn contain(spec: &ContainerSpec, lower: &Path, scratch: &Path) -> Result<i32, Er
         // SAFETY: we are the forked child, signals blocked, root pivoted.
         unsafe { crate::init::init_main(&plan, report_write.as_raw_fd(), start_read.as_raw_fd()) }
     }
-    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
+    // This thread keeps SIGPIPE blocked for good: writing the start byte to
+    // an init that already died, or relaying to a closed stdout, must be an
+    // EPIPE error, not a signal that kills the whole process. A pending
+    // thread-directed SIGPIPE is discarded when the thread exits.
+    let mut thread_mask = saved;
+    thread_mask.add(nix::sys::signal::Signal::SIGPIPE);
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&thread_mask), None);
     let init = match fork {
         Ok(ForkResult::Parent { child }) => child,
         Ok(ForkResult::Child) => unreachable!("the child never returns from init_main"),

@@ -158,6 +158,7 @@ impl ExecPlan {
         workdir: &str,
         ids: (u32, u32, &[u32]),
         tty_slave: Option<RawFd>,
+        argv_area: Option<(usize, usize)>,
     ) -> Result<ExecPlan, std::ffi::NulError> {
         let argv = args
             .iter()
@@ -198,9 +199,7 @@ impl ExecPlan {
             gid: ids.1,
             groups: ids.2.to_vec(),
             tty_slave,
-            argv_area: std::fs::read_to_string("/proc/self/stat")
-                .ok()
-                .and_then(|s| argv_area(&s)),
+            argv_area,
         })
     }
 }
@@ -208,6 +207,14 @@ impl ExecPlan {
 /// Most bytes of command line worth overwriting: Linux caps a command
 /// line at 2 MiB (MAX_ARG_STRLEN × …); anything larger is not a real area.
 const MAX_ARGV_AREA: usize = 2 << 20;
+
+/// Where this process's command line lives, for [`ExecPlan::new`]; read
+/// from /proc, so call it before pivot_root.
+pub(crate) fn own_argv_area() -> Option<(usize, usize)> {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| argv_area(&s))
+}
 
 /// The `arg_start` and `arg_end` fields (48 and 49) of /proc/self/stat, as
 /// address and length. The command name (field 2) may contain spaces and

@@ -114,7 +114,7 @@ fn pid_namespace_has_our_init_as_pid_1_and_the_command_as_pid_2() {
     let root = Rootfs::build();
     let (status, out) = run_captured(
         root.spec(""),
-        "echo $$; cat /proc/1/comm; ls -d /proc/[0-9]* | wc -l",
+        "echo $$; cat /proc/1/comm; ls -d /proc/[0-9]* | wc -l; tr -d '\\0' < /proc/1/cmdline",
     );
     assert_eq!(status, 0);
     let lines: Vec<&str> = out.lines().map(str::trim).collect();
@@ -122,6 +122,8 @@ fn pid_namespace_has_our_init_as_pid_1_and_the_command_as_pid_2() {
     assert_eq!(lines[..2], ["2", "regfs-init"], "{out}");
     let pids: usize = lines[2].parse().expect("a count");
     assert!(pids <= 4, "the container sees host processes: {pids} pids");
+    // The host's command line (program path, arguments) stays hidden.
+    assert_eq!(lines.get(3), Some(&"regfs-init"), "{out}");
 }
 
 #[test]
@@ -351,4 +353,26 @@ fn docker_default_variables_are_set_unless_given() {
     spec.env.push("HOME=/elsewhere".into());
     let (_, out) = run_captured(spec, "echo $HOME");
     assert_eq!(out, "/elsewhere\n");
+}
+
+#[test]
+fn containers_run_concurrently_from_many_threads_without_mixing() {
+    let root = Rootfs::build();
+    let results: Vec<(i32, String)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let mut spec = root.spec("");
+                spec.hostname = format!("box{i}");
+                spec.env.push(format!("N={i}"));
+                s.spawn(move || run_captured(spec, "echo $(hostname) $N $$; exit $N"))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    for (i, (status, out)) in results.into_iter().enumerate() {
+        assert_eq!((status, out), (i as i32, format!("box{i} {i} 2\n")));
+    }
 }

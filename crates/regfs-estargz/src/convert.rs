@@ -297,7 +297,11 @@ struct Compressed {
     file_digest: Option<Digest>,
 }
 
-fn compress_member(c: &mut Compressor, m: &MemberPlan<'_>, scratch: &mut Vec<u8>) -> Compressed {
+fn compress_member(
+    c: &mut Compressor,
+    m: &MemberPlan<'_>,
+    scratch: &mut Vec<u8>,
+) -> Result<Compressed, Error> {
     let input: &[u8] = if m.segs.len() == 1 {
         m.segs[0]
     } else {
@@ -310,14 +314,17 @@ fn compress_member(c: &mut Compressor, m: &MemberPlan<'_>, scratch: &mut Vec<u8>
     let chunk_digest = (m.chunk_len > 0).then(|| Digest::sha256(&input[..m.chunk_len]));
     let file_digest = m.file_data.map(Digest::sha256);
     let mut gz = vec![0u8; c.gzip_compress_bound(input.len())];
-    // The buffer has the bound libdeflate asked for, so compression cannot run out of space.
-    let n = c.gzip_compress(input, &mut gz).unwrap_or(0);
+    // The buffer has the bound libdeflate asked for, so this cannot fail short of a libdeflate bug.
+    let n = c.gzip_compress(input, &mut gz).map_err(|e| Error::Gzip {
+        offset: 0,
+        reason: format!("compressing a member of {} bytes: {e:?}", input.len()),
+    })?;
     gz.truncate(n);
-    Compressed {
+    Ok(Compressed {
         gz,
         chunk_digest,
         file_digest,
-    }
+    })
 }
 
 /// Counts and hashes what goes to `out`.
@@ -390,7 +397,6 @@ pub fn convert(
         block[..BLOCK].copy_from_slice(&ustar_header(name, 1));
         block[BLOCK] = LANDMARK_CONTENTS;
     }
-    let landmark_digest = Digest::sha256(&[LANDMARK_CONTENTS]);
 
     // Plan members and TOC entries.
     let mut members: Vec<MemberPlan<'_>> = Vec::new();
@@ -491,16 +497,6 @@ pub fn convert(
     if members.last().is_some_and(|m| m.len == 0) {
         members.pop();
     }
-    if items.iter().any(|i| matches!(i, Item::Landmark(_))) {
-        for f in &fixups {
-            if toc[f.toc_idx].name == PREFETCH_LANDMARK
-                || toc[f.toc_idx].name == NO_PREFETCH_LANDMARK
-            {
-                toc[f.toc_idx].digest = Some(landmark_digest);
-            }
-        }
-    }
-
     // Compress and write, in order.
     let mut blob = BlobWriter {
         out,
@@ -539,7 +535,7 @@ pub fn convert(
             let done: Vec<Compressed> = members[range.clone()]
                 .iter()
                 .map(|m| compress_member(c, m, s))
-                .collect();
+                .collect::<Result<_, _>>()?;
             if let Some((r, d)) = pending.take() {
                 emit(r, d, &mut blob, &mut results)?;
             }
@@ -570,16 +566,21 @@ pub fn convert(
                     Some((r, d)) => emit(r, d, &mut blob, &mut results),
                     None => Ok(()),
                 };
-                let mut all: Vec<(usize, Compressed)> = Vec::with_capacity(range.len());
+                let mut all: Vec<(usize, Result<Compressed, Error>)> =
+                    Vec::with_capacity(range.len());
                 for w in workers {
                     // A worker only panics on a bug; re-raise it here.
                     all.extend(w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
                 }
                 all.sort_unstable_by_key(|(m, _)| *m);
-                (all.into_iter().map(|(_, c)| c).collect::<Vec<_>>(), emitted)
+                let done = all
+                    .into_iter()
+                    .map(|(_, c)| c)
+                    .collect::<Result<Vec<_>, _>>();
+                (done, emitted)
             });
             emitted?;
-            done
+            done?
         };
         pending = Some((range, done));
     }
@@ -606,6 +607,9 @@ pub fn convert(
         version: 1,
         entries: Some(toc),
     };
+    // Refuse to publish a blob readers would reject (hardlink to a missing target, a root that
+    // is a file, ids out of range, paths beyond PATH_MAX): index it as a reader will.
+    TocIndex::new(&toc, toc_offset_bound(&toc).max(blob.written + 1))?;
     let json = toc.to_json();
     let toc_digest = Digest::sha256(&json);
     let mut toc_tar = Vec::with_capacity(json.len() + 3 * BLOCK);
@@ -617,7 +621,7 @@ pub fn convert(
     let toc_offset = blob.written;
     let mut toc_plan = MemberPlan::new();
     toc_plan.push(&toc_tar, &toc_tar);
-    let gz = compress_member(&mut compressors[0], &toc_plan, &mut scratches[0]).gz;
+    let gz = compress_member(&mut compressors[0], &toc_plan, &mut scratches[0])?.gz;
     blob.write(&gz)?;
     blob.write(&encode_footer(toc_offset))?;
     blob.out.flush().map_err(Error::Write)?;

@@ -88,8 +88,13 @@ fn malformed_toc_json() {
 
 #[test]
 fn hardlink_to_missing_target() {
-    let tar = tar_of(&[E::Link("l", "missing")]);
-    let (blob, _) = convert_to_vec(&tar, &opts(4 << 20));
+    let mut link = TocEntry::new("l", EntryKind::Hardlink);
+    link.link_name = "missing".into();
+    let toc = Toc {
+        version: 1,
+        entries: Some(vec![link]),
+    };
+    let blob = blob_with_toc(b"", &toc_member("stargz.index.json", &toc.to_json()));
     assert!(matches!(
         open_err(blob),
         Error::HardlinkTargetMissing { .. }
@@ -324,4 +329,11 @@ fn progress_reports_every_uncompressed_byte() {
     })
     .unwrap();
     assert_eq!(last.get(), rep.uncompressed_size);
+}
+
+#[test]
+fn converter_refuses_blobs_readers_would_reject() {
+    let tar = tar_of(&[E::Link("l", "missing")]);
+    let err = convert(&tar, &opts(4 << 20), &mut Vec::new(), &|_| {}).unwrap_err();
+    assert!(matches!(err, Error::HardlinkTargetMissing { .. }), "{err}");
 }

@@ -17,7 +17,9 @@ pub(crate) struct AccessLog {
 impl AccessLog {
     pub fn new(inodes: usize) -> AccessLog {
         AccessLog {
-            seen: (0..inodes.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
+            seen: (0..inodes.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             log: Mutex::new(Vec::new()),
         }
     }

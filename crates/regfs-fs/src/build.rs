@@ -21,6 +21,10 @@
 //! character device 0/0 named NAME, and `trusted.overlay.opaque=y` on an opaque directory.
 //!
 //! The landmarks and `stargz.index.json` are hidden in the root only, as the reference does.
+//!
+//! A directory that a layer only implies (its files are listed but it has no entry of its own)
+//! does not override the attributes of the same directory in a lower layer, as with a layer
+//! applier that finds the directory already there.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -81,6 +85,10 @@ pub(crate) fn build(layers: &[(&Digest, &TocIndex)], view: View) -> Result<Inode
         table: InodeTable::default(),
         shared: HashMap::new(),
         xattrs: Vec::new(),
+        explicit: layers
+            .iter()
+            .map(|(_, index)| explicit_entries(index))
+            .collect(),
     };
     // Sources are topmost first.
     let roots: Vec<(u16, EntryId)> = layers
@@ -89,14 +97,15 @@ pub(crate) fn build(layers: &[(&Digest, &TocIndex)], view: View) -> Result<Inode
         .rev()
         .map(|(i, (_, index))| (i as u16, index.root()))
         .collect();
-    let mut root = match roots.first() {
-        Some(&(layer, id)) => b.inode_for(layer, id, 0)?,
+    let root_attrs = b.attribute_source(&roots);
+    let mut root = match root_attrs {
+        Some((layer, id)) => b.inode_for(layer, id, 0)?,
         None => empty_root(),
     };
     root.parent = 0;
     root.dirent = u32::MAX;
     b.table.inodes.push(root);
-    if let Some(&(layer, id)) = roots.first() {
+    if let Some((layer, id)) = root_attrs {
         b.push_xattrs(0, layer, id);
     }
 
@@ -117,9 +126,26 @@ struct Builder<'a> {
     /// Layer entries that already have an inode (hardlinks).
     shared: HashMap<(u16, EntryId), u32>,
     xattrs: Vec<(u32, Box<[Xattr]>)>,
+    /// Per layer, one bit per index entry: listed in the TOC (not an implicit directory).
+    explicit: Vec<Vec<u64>>,
 }
 
 impl<'a> Builder<'a> {
+    /// Whose attributes a merged directory shows: the topmost source the TOC lists, because an
+    /// implicit directory (only implied by its files' names) does not change the directory a
+    /// layer applier already has. Falls back to the topmost source.
+    fn attribute_source(&self, sources: &[(u16, EntryId)]) -> Option<(u16, EntryId)> {
+        sources
+            .iter()
+            .copied()
+            .find(|&(layer, id)| {
+                let bits = &self.explicit[usize::from(layer)];
+                let i = id.index();
+                bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+            })
+            .or_else(|| sources.first().copied())
+    }
+
     fn index(&self, layer: u16) -> &'a TocIndex {
         self.layers[usize::from(layer)].1
     }
@@ -230,14 +256,20 @@ impl<'a> Builder<'a> {
                     match existing {
                         Some(ino) => ino,
                         None => {
-                            let inode = self.inode_for(layer, id, dir.inode)?;
+                            let mut sources = Vec::with_capacity(1 + lower.len());
+                            sources.push((layer, id));
+                            sources.extend(lower);
+                            // Only directories have lower sources.
+                            let (attr_layer, attr_id) =
+                                self.attribute_source(&sources).unwrap_or((layer, id));
+                            let inode = self.inode_for(attr_layer, attr_id, dir.inode)?;
                             let ino = self.new_inode(inode)?;
-                            self.push_xattrs(ino, layer, id);
+                            self.push_xattrs(ino, attr_layer, attr_id);
                             if is_dir {
-                                let mut sources = Vec::with_capacity(1 + lower.len());
-                                sources.push((layer, id));
-                                sources.extend(lower);
-                                queue.push_back(PendingDir { inode: ino, sources });
+                                queue.push_back(PendingDir {
+                                    inode: ino,
+                                    sources,
+                                });
                             } else if self.index(layer).entry(id).num_link > 1 {
                                 self.shared.insert((layer, id), ino);
                             }
@@ -248,7 +280,10 @@ impl<'a> Builder<'a> {
             };
             let name_off = self.table.intern_name(name.as_bytes())?;
             let dirent_index = to_u32(self.table.dirents.len(), "directory entries")?;
-            self.table.dirents.push(Dirent { name: name_off, ino });
+            self.table.dirents.push(Dirent {
+                name: name_off,
+                ino,
+            });
             let inode = &mut self.table.inodes[ino as usize];
             if inode.dirent == u32::MAX {
                 inode.dirent = dirent_index;
@@ -259,8 +294,10 @@ impl<'a> Builder<'a> {
         d.data = to_u32(start, "directory entries")?;
         d.data_len = to_u32(len, "directory entries")?;
         if opaque {
-            self.xattrs
-                .push((dir.inode, Box::new([(OPAQUE_XATTR.into(), Box::from(&b"y"[..]))])));
+            self.xattrs.push((
+                dir.inode,
+                Box::new([(OPAQUE_XATTR.into(), Box::from(&b"y"[..]))]),
+            ));
         }
         Ok(())
     }
@@ -390,6 +427,17 @@ impl<'a> Builder<'a> {
         t.shrink_to_fit();
         Ok(self.table)
     }
+}
+
+fn explicit_entries(index: &TocIndex) -> Vec<u64> {
+    let mut bits = vec![0u64; index.len().div_ceil(64)];
+    for id in index.entries_in_toc_order() {
+        let i = id.index();
+        if let Some(w) = bits.get_mut(i / 64) {
+            *w |= 1 << (i % 64);
+        }
+    }
+    bits
 }
 
 fn acceptable_name(name: &str) -> bool {

@@ -54,7 +54,9 @@ pub enum Error {
     TooManyLayers(usize),
 
     /// A TOC chunk that cannot describe the file it belongs to.
-    #[error("layer {layer}: file {path:?} has an invalid chunk at file offset {chunk_offset}: {reason}")]
+    #[error(
+        "layer {layer}: file {path:?} has an invalid chunk at file offset {chunk_offset}: {reason}"
+    )]
     BadChunk {
         layer: Digest,
         path: String,
@@ -68,7 +70,15 @@ pub enum Error {
         layer: Digest,
         path: String,
         chunk_offset: u64,
-        source: regfs_blob::Error,
+        /// Boxed: the cache's error is large and this one travels through every `Result`.
+        source: Box<regfs_blob::Error>,
+    },
+
+    /// The landmark prefetch of a layer failed (reads still fetch on demand).
+    #[error("layer {layer}: prefetch failed: {source}")]
+    Prefetch {
+        layer: Digest,
+        source: Box<regfs_blob::Error>,
     },
 
     /// The FUSE session could not be set up or torn down.
@@ -102,12 +112,17 @@ impl Error {
             Error::TooManyLayers(_) => libc::EINVAL,
             Error::BadChunk { .. } => libc::EIO,
             Error::Blob { .. } => libc::EIO,
+            Error::Prefetch { .. } => libc::EIO,
             Error::Mount { .. } => libc::EIO,
             Error::NoRuntime(_) => libc::EIO,
         }
     }
 
-    pub(crate) fn mount(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+    pub(crate) fn mount(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+        source: std::io::Error,
+    ) -> Error {
         Error::Mount {
             op,
             path: path.into(),

@@ -25,8 +25,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyXattr, Request, SessionACL,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr,
+    Request, SessionACL,
 };
 
 use crate::image::BLOCK_SIZE;
@@ -34,9 +34,6 @@ use crate::{Attr, Error, FileKind, ImageFs, Ino};
 
 /// FUSE request size: 1 MiB = 256 pages, the most the kernel allows by default.
 const MAX_REQUEST: u32 = 1 << 20;
-
-/// File handles with this bit were opened in passthrough mode and hold a backing id.
-const PASSTHROUGH_FH: u64 = 1 << 63;
 
 /// How to mount.
 #[derive(Clone, Debug)]
@@ -160,7 +157,7 @@ pub fn mount(fs: Arc<ImageFs>, dir: &Path, opts: MountOptions) -> Result<MountGu
         runtime,
         ttl: opts.ttl,
         passthrough: AtomicBool::new(opts.passthrough),
-        backing: Mutex::new(HashMap::new()),
+        opens: Mutex::new(HashMap::new()),
         stopping,
     };
     let session =
@@ -178,11 +175,16 @@ struct FuseFs {
     ttl: Duration,
     /// Cleared when the kernel lacks passthrough or refuses a backing file.
     passthrough: AtomicBool,
-    /// Backing ids of passthrough-open inodes and their open counts: the kernel requires one
-    /// backing id per inode while any handle is open.
-    backing: Mutex<HashMap<u64, (Arc<BackingId>, u64)>>,
+    /// Open inodes: their mode and handle count (see `open_mode`).
+    opens: Mutex<HashMap<u64, OpenInode>>,
     /// Becomes true when unmounting: reads still waiting are answered EIO.
     stopping: tokio::sync::watch::Receiver<bool>,
+}
+
+struct OpenInode {
+    /// `Some` when the inode is open in passthrough mode.
+    backing: Option<Arc<BackingId>>,
+    count: u64,
 }
 
 fn errno(e: &Error) -> Errno {
@@ -229,22 +231,34 @@ fn fuse_rdev(rdev: u64) -> u32 {
 }
 
 impl FuseFs {
-    fn open_passthrough(&self, ino: Ino, reply: &ReplyOpen) -> Option<FileHandle> {
+    /// Registers one open of `ino` and decides its mode. The kernel refuses to mix modes on one
+    /// inode, so an inode open in userspace mode stays so until its last handle is released,
+    /// and one open in passthrough mode reuses its backing id.
+    fn open_mode(&self, ino: Ino, reply: &ReplyOpen) -> Option<Arc<BackingId>> {
+        let mut opens = self.opens.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = opens.get_mut(&ino.0) {
+            open.count += 1;
+            return open.backing.clone();
+        }
+        let backing = self.backing_for(ino, reply).map(Arc::new);
+        opens.insert(
+            ino.0,
+            OpenInode {
+                backing: backing.clone(),
+                count: 1,
+            },
+        );
+        backing
+    }
+
+    fn backing_for(&self, ino: Ino, reply: &ReplyOpen) -> Option<BackingId> {
         if !self.passthrough.load(Ordering::Relaxed) {
             return None;
-        }
-        let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, count)) = backing.get_mut(&ino.0) {
-            *count += 1;
-            return Some(FileHandle(ino.0 | PASSTHROUGH_FH));
         }
         let path = self.fs.passthrough_path(ino)?;
         let file = File::open(&path).ok()?;
         match reply.open_backing(&file) {
-            Ok(id) => {
-                backing.insert(ino.0, (Arc::new(id), 1));
-                Some(FileHandle(ino.0 | PASSTHROUGH_FH))
-            }
+            Ok(id) => Some(id),
             Err(e) => {
                 tracing::info!(error = %e, "kernel refused a passthrough backing file; reading in userspace");
                 self.passthrough.store(false, Ordering::Relaxed);
@@ -253,7 +267,12 @@ impl FuseFs {
         }
     }
 
-    fn fill_dir(&self, ino: INodeNo, offset: u64, mut add: impl FnMut(u64, Attr, &OsStr) -> bool) -> Result<(), Error> {
+    fn fill_dir(
+        &self,
+        ino: INodeNo,
+        offset: u64,
+        mut add: impl FnMut(u64, Attr, &OsStr) -> bool,
+    ) -> Result<(), Error> {
         let ino = Ino(ino.0);
         // Offsets: 1 = ".", 2 = "..", 3 + i = entry i; the kernel passes back the last one seen.
         let mut next = offset;
@@ -334,16 +353,11 @@ impl Filesystem for FuseFs {
             reply.error(errno(&e));
             return;
         }
-        if let Some(fh) = self.open_passthrough(ino, &reply) {
-            let backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((id, _)) = backing.get(&ino.0) {
-                let id = id.clone();
-                drop(backing);
-                reply.opened_passthrough(fh, FopenFlags::FOPEN_KEEP_CACHE, &id);
-                return;
-            }
+        match self.open_mode(ino, &reply) {
+            // KEEP_CACHE is not combined with passthrough: the kernel fails such opens with EIO.
+            Some(id) => reply.opened_passthrough(FileHandle(ino.0), FopenFlags::empty(), &id),
+            None => reply.opened(FileHandle(ino.0), FopenFlags::FOPEN_KEEP_CACHE),
         }
-        reply.opened(FileHandle(ino.0), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
     fn read(
@@ -374,19 +388,18 @@ impl Filesystem for FuseFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if fh.0 & PASSTHROUGH_FH != 0 {
-            let mut backing = self.backing.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((_, count)) = backing.get_mut(&ino.0) {
-                *count -= 1;
-                if *count == 0 {
-                    backing.remove(&ino.0);
-                }
+        let mut opens = self.opens.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = opens.get_mut(&ino.0) {
+            open.count = open.count.saturating_sub(1);
+            if open.count == 0 {
+                // Drops the backing id once no handle uses it.
+                opens.remove(&ino.0);
             }
         }
         reply.ok();
@@ -394,12 +407,23 @@ impl Filesystem for FuseFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.dir_len(Ino(ino.0)) {
-            Ok(_) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+            // The listing never changes: let the kernel cache it.
+            Ok(_) => reply.opened(
+                FileHandle(0),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+            ),
             Err(e) => reply.error(errno(&e)),
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let res = self.fill_dir(ino, offset, |off, attr, name| {
             reply.add(INodeNo(attr.ino.0), off, file_type(attr.kind), name)
         });
@@ -419,7 +443,14 @@ impl Filesystem for FuseFs {
     ) {
         let ttl = self.ttl;
         let res = self.fill_dir(ino, offset, |off, attr, name| {
-            reply.add(INodeNo(attr.ino.0), off, name, &ttl, &file_attr(&attr), Generation(0))
+            reply.add(
+                INodeNo(attr.ino.0),
+                off,
+                name,
+                &ttl,
+                &file_attr(&attr),
+                Generation(0),
+            )
         });
         match res {
             Ok(()) => reply.ok(),
@@ -429,7 +460,16 @@ impl Filesystem for FuseFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = self.fs.statfs();
-        reply.statfs(s.blocks, 0, 0, s.files, 0, s.block_size, s.name_max, s.block_size);
+        reply.statfs(
+            s.blocks,
+            0,
+            0,
+            s.files,
+            0,
+            s.block_size,
+            s.name_max,
+            s.block_size,
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {

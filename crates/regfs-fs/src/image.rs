@@ -9,11 +9,11 @@ use std::sync::Arc;
 use regfs_blob::{ChunkCache, LayerHandle};
 use regfs_estargz::{Digest, TocIndex};
 
+use crate::Error;
 use crate::access::AccessLog;
 use crate::build::{self, View};
 use crate::inode::{Attr, DirEntry, FileKind, Ino, Inode, InodeTable};
 use crate::stats::{FsStats, LayerCounters};
-use crate::Error;
 
 /// One layer of an image, as the filesystem needs it.
 pub struct FsLayer {
@@ -23,6 +23,26 @@ pub struct FsLayer {
     pub index: TocIndex,
     /// Verified chunk reads of this layer.
     pub handle: LayerHandle,
+}
+
+impl FsLayer {
+    /// Indexes `toc` (spec §2.7) for a blob of `blob_size` bytes.
+    pub fn from_toc(
+        digest: Digest,
+        toc: &regfs_estargz::Toc,
+        blob_size: u64,
+        handle: LayerHandle,
+    ) -> Result<FsLayer, Error> {
+        let index = TocIndex::new(toc, blob_size).map_err(|e| Error::Index {
+            layer: digest,
+            source: Arc::new(e),
+        })?;
+        Ok(FsLayer {
+            digest,
+            index,
+            handle,
+        })
+    }
 }
 
 /// Options of an [`ImageFs`].
@@ -55,6 +75,8 @@ pub(crate) struct Layer {
     pub digest: Digest,
     pub handle: LayerHandle,
     pub counters: LayerCounters,
+    /// Blob offset of `.prefetch.landmark`: the prioritised files lie before it.
+    pub prefetch_end: Option<u64>,
 }
 
 /// A read-only filesystem over the layers of one image; see the crate docs.
@@ -89,6 +111,7 @@ impl ImageFs {
             .into_iter()
             .map(|l| Layer {
                 digest: l.digest,
+                prefetch_end: l.index.prefetch_landmark(),
                 handle: l.handle,
                 counters: LayerCounters::default(),
             })
@@ -274,7 +297,10 @@ impl ImageFs {
     /// The access log so far, in first-access order, and starts a new one. Empty when
     /// recording is off.
     pub fn take_access_log(&self) -> Vec<(String, Digest)> {
-        self.access.as_ref().map(AccessLog::take).unwrap_or_default()
+        self.access
+            .as_ref()
+            .map(AccessLog::take)
+            .unwrap_or_default()
     }
 
     pub(crate) fn record_access(&self, ino: Ino) {
@@ -295,6 +321,34 @@ impl ImageFs {
     /// Number of inodes (the root included).
     pub fn inode_count(&self) -> usize {
         self.table.inodes.len()
+    }
+
+    /// Fetches, layer by layer, the chunks of the files that the image's producer prioritised
+    /// (those before `.prefetch.landmark`), in few large requests. Layers without a prefetch
+    /// landmark are skipped. Only files visible in this view are fetched.
+    pub async fn prefetch(&self) -> Result<(), Error> {
+        for (i, layer) in self.layers.iter().enumerate() {
+            let Some(end) = layer.prefetch_end else {
+                continue;
+            };
+            let chunks: Vec<regfs_blob::Chunk> = self
+                .table
+                .inodes
+                .iter()
+                .filter(|n| usize::from(n.layer) == i && n.kind() == FileKind::Reg)
+                .flat_map(|n| self.table.chunks_of(n).iter().map(|c| c.unpack()))
+                .filter(|c| c.offset < end)
+                .collect();
+            layer
+                .handle
+                .prefetch(&chunks, end)
+                .await
+                .map_err(|source| Error::Prefetch {
+                    layer: layer.digest,
+                    source: Box::new(source),
+                })?;
+        }
+        Ok(())
     }
 
     /// Per-layer fetch and cache statistics.

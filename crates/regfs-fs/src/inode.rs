@@ -352,7 +352,7 @@ impl InodeTable {
         Attr {
             ino: Ino::from_index(index),
             kind,
-            perm: (inode.mode & 0o7777) as u16,
+            perm: inode.mode & 0o7777,
             size: inode.size,
             nlink: inode.nlink.max(1),
             uid: inode.uid,
@@ -425,8 +425,22 @@ mod tests {
             let u = StoredChunk::pack(&c).unwrap().unpack();
             let fields = |o, i, n, co, cs, d| (o, i, n, co, cs, d);
             assert_eq!(
-                fields(u.offset, u.inner_offset, u.next_offset, u.chunk_offset, u.chunk_size, u.digest),
-                fields(c.offset, c.inner_offset, c.next_offset, c.chunk_offset, c.chunk_size, c.digest)
+                fields(
+                    u.offset,
+                    u.inner_offset,
+                    u.next_offset,
+                    u.chunk_offset,
+                    u.chunk_size,
+                    u.digest
+                ),
+                fields(
+                    c.offset,
+                    c.inner_offset,
+                    c.next_offset,
+                    c.chunk_offset,
+                    c.chunk_size,
+                    c.digest
+                )
             );
         }
     }
@@ -442,10 +456,22 @@ mod tests {
             digest: None,
         };
         let bad = [
-            regfs_estargz::Chunk { chunk_size: u64::from(u32::MAX) + 1, ..base.clone() },
-            regfs_estargz::Chunk { inner_offset: 1 << 31, ..base.clone() },
-            regfs_estargz::Chunk { next_offset: 5, ..base.clone() },
-            regfs_estargz::Chunk { chunk_offset: u64::MAX, ..base.clone() },
+            regfs_estargz::Chunk {
+                chunk_size: u64::from(u32::MAX) + 1,
+                ..base.clone()
+            },
+            regfs_estargz::Chunk {
+                inner_offset: 1 << 31,
+                ..base.clone()
+            },
+            regfs_estargz::Chunk {
+                next_offset: 5,
+                ..base.clone()
+            },
+            regfs_estargz::Chunk {
+                chunk_offset: u64::MAX,
+                ..base.clone()
+            },
         ];
         for c in bad {
             assert!(StoredChunk::pack(&c).is_err(), "{c:?}");

@@ -31,8 +31,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Inside: [`inode`](crate) layout and the merge are described in the `inode` and `build`
-//! module docs; the life of a `read()` in the `read` module docs.
+//! Inside: the inode table layout is drawn in the `inode` module docs, the overlay merge is
+//! explained in `build`, the life of a `read()` in `read`, and the kernel settings in `fuse`.
 
 mod access;
 mod build;

@@ -23,6 +23,7 @@
 use bytes::{Bytes, BytesMut};
 use regfs_blob::{Chunk, RequestSource};
 
+use crate::image::Layer;
 use crate::inode::{FileKind, Ino, Inode};
 use crate::{Error, ImageFs};
 
@@ -41,6 +42,12 @@ const READ_AROUND_FILES: usize = 64;
 /// The largest read served by one call. FUSE asks for at most `max_read` (1 MiB); direct callers
 /// asking for more get a short read, which bounds the memory one call can pin.
 pub const MAX_READ: u32 = 16 << 20;
+
+/// The file a read is for: its inode index (for its path in logs) and its layer.
+struct FileRef<'a> {
+    index: u32,
+    layer: &'a Layer,
+}
 
 impl ImageFs {
     /// Reads up to `size` bytes of a regular file at `offset` (fewer at end of file).
@@ -65,25 +72,37 @@ impl ImageFs {
         } else {
             let first = all.partition_point(|c| c.end() <= offset);
             let last = all.partition_point(|c| c.chunk_offset() < end);
-            all[first..last.max(first)].iter().map(|c| c.unpack()).collect()
+            all[first..last.max(first)]
+                .iter()
+                .map(|c| c.unpack())
+                .collect()
         };
         let layer = &self.layers[usize::from(inode.layer)];
+        let file = FileRef {
+            // self.inode(ino) succeeded, so the index exists.
+            index: ino.index().unwrap_or(0),
+            layer,
+        };
         let mut request = own.clone();
         if inode.size <= SMALL_FILE && own.iter().any(|c| !layer.handle.is_cached(c)) {
             self.read_around(ino, &inode, &mut request);
         }
         layer.counters.note_read(request.len() - own.len());
 
-        let fetched = match layer.handle.read_chunks(&request, RequestSource::OnDemand).await {
+        let fetched = match layer
+            .handle
+            .read_chunks(&request, RequestSource::OnDemand)
+            .await
+        {
             Ok(bytes) => bytes,
             Err(_) if request.len() > own.len() => layer
                 .handle
                 .read_chunks(&own, RequestSource::OnDemand)
                 .await
-                .map_err(|e| self.read_failed(ino, &own, e))?,
-            Err(e) => return Err(self.read_failed(ino, &own, e)),
+                .map_err(|e| self.read_failed(&file, &own, e))?,
+            Err(e) => return Err(self.read_failed(&file, &own, e)),
         };
-        self.assemble(ino, &own, &fetched[..own.len()], offset, end)
+        self.assemble(&file, &own, &fetched[..own.len()], offset, end)
     }
 
     /// Adds the chunks of the small, uncached files that follow `inode` in its directory.
@@ -105,7 +124,12 @@ impl ImageFs {
             if next.layer != inode.layer || next.size > SMALL_FILE || next.size > budget {
                 break;
             }
-            let chunks: Vec<Chunk> = self.table.chunks_of(next).iter().map(|c| c.unpack()).collect();
+            let chunks: Vec<Chunk> = self
+                .table
+                .chunks_of(next)
+                .iter()
+                .map(|c| c.unpack())
+                .collect();
             if chunks.iter().all(|c| layer.handle.is_cached(c)) {
                 continue;
             }
@@ -114,47 +138,42 @@ impl ImageFs {
         }
     }
 
-    fn read_failed(&self, ino: Ino, own: &[Chunk], source: regfs_blob::Error) -> Error {
-        let inode = self.table.inode(ino);
-        let layer = inode.map(|i| &self.layers[usize::from(i.layer)]);
-        let path = ino.index().map(|i| self.table.path_of(i)).unwrap_or_default();
+    fn read_failed(&self, file: &FileRef<'_>, own: &[Chunk], source: regfs_blob::Error) -> Error {
+        let path = self.table.path_of(file.index);
         let chunk_offset = own.first().map_or(0, |c| c.chunk_offset);
-        let Some(layer) = layer else {
-            return Error::BadInode(ino);
-        };
-        layer.counters.note_error();
+        file.layer.counters.note_error();
         tracing::error!(
-            layer = %layer.digest,
+            layer = %file.layer.digest,
             path,
             chunk_offset,
             error = %source,
             "read failed"
         );
         Error::Blob {
-            layer: layer.digest,
+            layer: file.layer.digest,
             path,
             chunk_offset,
-            source,
+            source: Box::new(source),
         }
     }
 
     /// Cuts `[offset, end)` out of the verified chunk bytes.
     fn assemble(
         &self,
-        ino: Ino,
+        file: &FileRef<'_>,
         chunks: &[Chunk],
         bytes: &[Bytes],
         offset: u64,
         end: u64,
     ) -> Result<Bytes, Error> {
-        let bad = |c: &Chunk, reason| {
-            let inode = self.table.inode(ino);
+        let bad = |chunk_offset: u64, reason: &'static str| {
+            let path = self.table.path_of(file.index);
+            file.layer.counters.note_error();
+            tracing::error!(layer = %file.layer.digest, path, chunk_offset, reason, "read failed");
             Error::BadChunk {
-                layer: inode.map_or(regfs_estargz::Digest::from_bytes([0; 32]), |i| {
-                    self.layers[usize::from(i.layer)].digest
-                }),
-                path: ino.index().map(|i| self.table.path_of(i)).unwrap_or_default(),
-                chunk_offset: c.chunk_offset,
+                layer: file.layer.digest,
+                path,
+                chunk_offset,
                 reason,
             }
         };
@@ -165,10 +184,13 @@ impl ImageFs {
                 continue;
             }
             if b.len() as u64 != c.chunk_size {
-                return Err(bad(c, "cache returned a chunk of the wrong length"));
+                return Err(bad(
+                    c.chunk_offset,
+                    "cache returned a chunk of the wrong length",
+                ));
             }
             if c.chunk_offset > pos {
-                return Err(bad(c, "the file's chunks leave a gap"));
+                return Err(bad(c.chunk_offset, "the file's chunks leave a gap"));
             }
             let from = (pos - c.chunk_offset) as usize;
             let to = (c.end().min(end) - c.chunk_offset) as usize;
@@ -176,15 +198,7 @@ impl ImageFs {
             pos = c.end().min(end);
         }
         if pos < end {
-            let last = chunks.last().cloned().unwrap_or(Chunk {
-                offset: 0,
-                inner_offset: 0,
-                next_offset: 0,
-                chunk_offset: pos,
-                chunk_size: 0,
-                digest: None,
-            });
-            return Err(bad(&last, "the file's chunks end before its size"));
+            return Err(bad(pos, "the file's chunks end before its size"));
         }
         if pieces.len() == 1 {
             return Ok(pieces.pop().unwrap_or_default());

@@ -43,7 +43,8 @@ fn synthetic_toc() -> (Toc, u64) {
             e.mode = 0o644;
             e.modtime = Some("2021-01-01T00:00:00Z".into());
             if f % 100 == 1 {
-                e.xattrs.insert("user.mime_type".into(), b"application/x-sharedlib".to_vec());
+                e.xattrs
+                    .insert("user.mime_type".into(), b"application/x-sharedlib".to_vec());
             }
             entries.push(e);
         }
@@ -63,7 +64,10 @@ fn one_million_entries_stay_under_150_bytes_each() {
     let index = TocIndex::new(&toc, blob_size).expect("index");
     drop(toc);
     let store = tempfile::tempdir().unwrap();
-    let cache = ChunkCache::new(ChunkStore::open(store.path(), None).unwrap(), PlannerConfig::default());
+    let cache = ChunkCache::new(
+        ChunkStore::open(store.path(), None).unwrap(),
+        PlannerConfig::default(),
+    );
     let handle = cache.layer(LayerBlob {
         digest: Digest::sha256(b"synthetic"),
         size: blob_size,
@@ -93,8 +97,12 @@ fn one_million_entries_stay_under_150_bytes_each() {
     let usr = fs.lookup(Ino::ROOT, OsStr::new("usr")).unwrap();
     let lib = fs.lookup(usr.ino, OsStr::new("lib")).unwrap();
     let pkg = fs.lookup(lib.ino, OsStr::new("pkg0999")).unwrap();
-    let f = fs.lookup(pkg.ino, OsStr::new("libmodule-00998.so")).unwrap();
+    let f = fs
+        .lookup(pkg.ino, OsStr::new("libmodule-00998.so"))
+        .unwrap();
     assert_eq!(f.size, 1000 + (998 % 7) * 100);
-    let l = fs.lookup(pkg.ino, OsStr::new("libmodule-00950.so")).unwrap();
+    let l = fs
+        .lookup(pkg.ino, OsStr::new("libmodule-00950.so"))
+        .unwrap();
     assert_eq!(fs.readlink(l.ino).unwrap(), "libmodule-00951.so");
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use regfs_blob::{BlobSource, FaultySource, MemorySource};
 use regfs_fs::{FsOptions, MountOptions, mount};
 use support::{
-    LayerTar, compare_real_trees, image, image_from_blobs, image_with_source, layer_parts, oracle_extract, pattern,
-    require_fuse, three_layers, to_estargz,
+    LayerTar, compare_real_trees, image, image_from_blobs, image_with_source, layer_parts,
+    oracle_extract, pattern, require_fuse, three_layers, to_estargz,
 };
 
 const CHUNK: u64 = 64 * 1024;
@@ -38,15 +38,28 @@ async fn mounted_three_layer_image_equals_oracle() {
     .unwrap();
     assert_eq!(n, 28, "the walk must reach every entry");
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    let line = mounts.lines().find(|l| l.contains(mnt.to_str().unwrap())).expect("in /proc/mounts");
+    let line = mounts
+        .lines()
+        .find(|l| l.contains(mnt.to_str().unwrap()))
+        .expect("in /proc/mounts");
     assert!(line.contains(" ro,") || line.contains(" ro "), "{line}");
     // Read-only: writes are refused by the kernel.
-    let err = std::fs::OpenOptions::new().write(true).open(mnt.join("etc/passwd")).unwrap_err();
+    let err = std::fs::OpenOptions::new()
+        .write(true)
+        .open(mnt.join("etc/passwd"))
+        .unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
     let st = nix_statfs(&mnt);
     assert_eq!(st.f_files, img.fs.statfs().files);
-    tokio::task::spawn_blocking(move || guard.unmount()).await.unwrap().expect("unmount");
-    assert!(!std::fs::read_to_string("/proc/mounts").unwrap().contains(mnt.to_str().unwrap()));
+    tokio::task::spawn_blocking(move || guard.unmount())
+        .await
+        .unwrap()
+        .expect("unmount");
+    assert!(
+        !std::fs::read_to_string("/proc/mounts")
+            .unwrap()
+            .contains(mnt.to_str().unwrap())
+    );
 }
 
 fn nix_statfs(p: &Path) -> libc::statvfs {
@@ -108,7 +121,10 @@ async fn sixty_four_threads_of_random_reads_see_the_file() {
     })
     .await
     .unwrap();
-    tokio::task::spawn_blocking(move || guard.unmount()).await.unwrap().expect("unmount");
+    tokio::task::spawn_blocking(move || guard.unmount())
+        .await
+        .unwrap()
+        .expect("unmount");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,14 +142,23 @@ async fn corrupt_blob_gives_eio_and_other_files_read() {
     tokio::task::spawn_blocking(move || {
         let err = std::fs::read(root.join("d/small")).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
-        assert_eq!(std::fs::read(root.join("d/other")).unwrap(), pattern(70_000, 9));
+        assert_eq!(
+            std::fs::read(root.join("d/other")).unwrap(),
+            pattern(70_000, 9)
+        );
         let mut head = vec![0u8; 4096];
-        std::fs::File::open(root.join("d/big")).unwrap().read_exact(&mut head).unwrap();
+        std::fs::File::open(root.join("d/big"))
+            .unwrap()
+            .read_exact(&mut head)
+            .unwrap();
         assert_eq!(head, pattern(BIG, 7)[..4096]);
     })
     .await
     .unwrap();
-    tokio::task::spawn_blocking(move || guard.unmount()).await.unwrap().expect("unmount");
+    tokio::task::spawn_blocking(move || guard.unmount())
+        .await
+        .unwrap()
+        .expect("unmount");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +170,10 @@ async fn cached_single_chunk_file_is_read_by_the_kernel() {
     let small = fs.lookup(small.ino, "small".as_ref()).unwrap();
     // Cache the file through the plain API; no FUSE read has happened yet.
     fs.read(small.ino, 0, 10).await.unwrap();
-    assert!(fs.passthrough_path(small.ino).is_some(), "single chunk in the store");
+    assert!(
+        fs.passthrough_path(small.ino).is_some(),
+        "single chunk in the store"
+    );
     let reads_before = fs.stats().layers[0].reads;
     let mnt = tempfile::tempdir().unwrap();
     let opts = MountOptions {
@@ -154,7 +182,9 @@ async fn cached_single_chunk_file_is_read_by_the_kernel() {
     };
     let guard = mount(fs.clone(), mnt.path(), opts).expect("mount");
     let path = mnt.path().join("d/small");
-    let data = tokio::task::spawn_blocking(move || std::fs::read(path).unwrap()).await.unwrap();
+    let data = tokio::task::spawn_blocking(move || std::fs::read(path).unwrap())
+        .await
+        .unwrap();
     assert_eq!(data, pattern(50_000, 8));
     assert_eq!(
         fs.stats().layers[0].reads,
@@ -163,10 +193,31 @@ async fn cached_single_chunk_file_is_read_by_the_kernel() {
     );
     // A multi-chunk file still reads through userspace.
     let big = mnt.path().join("d/big");
-    let data = tokio::task::spawn_blocking(move || std::fs::read(big).unwrap()).await.unwrap();
+    let data = tokio::task::spawn_blocking(move || std::fs::read(big).unwrap())
+        .await
+        .unwrap();
     assert_eq!(data, pattern(BIG, 7));
     assert!(fs.stats().layers[0].reads > reads_before);
-    tokio::task::spawn_blocking(move || guard.unmount()).await.unwrap().expect("unmount");
+    // An inode open in userspace mode stays so while open: the kernel refuses mixed modes, so
+    // a second open after the content got cached must not pick passthrough.
+    let other = mnt.path().join("d/other");
+    tokio::task::spawn_blocking(move || {
+        let mut first = std::fs::File::open(&other).unwrap();
+        let mut data = Vec::new();
+        first.read_to_end(&mut data).unwrap();
+        assert_eq!(data, pattern(70_000, 9));
+        assert_eq!(
+            std::fs::read(&other).unwrap(),
+            pattern(70_000, 9),
+            "second open while the first is open"
+        );
+    })
+    .await
+    .unwrap();
+    tokio::task::spawn_blocking(move || guard.unmount())
+        .await
+        .unwrap()
+        .expect("unmount");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,18 +235,35 @@ async fn unmount_with_reads_in_flight_neither_hangs_nor_panics() {
     let faulty = faulty.unwrap();
     let mnt = tempfile::tempdir().unwrap();
     let guard = mount(img.fs.clone(), mnt.path(), MountOptions::default()).expect("mount");
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
     let readers: Vec<_> = ["d/big", "d/small", "d/other"]
         .into_iter()
         .map(|name| {
             let path = mnt.path().join(name);
-            std::thread::spawn(move || std::fs::read(path).map(|d| d.len()))
+            let opened = opened_tx.clone();
+            std::thread::spawn(move || {
+                // Opened before the unmount, so the read below always reaches the filesystem.
+                let mut f = std::fs::File::open(path)?;
+                opened.send(()).expect("test alive");
+                let mut data = Vec::new();
+                f.read_to_end(&mut data).map(|_| data.len())
+            })
         })
         .collect();
+    for _ in 0..3 {
+        tokio::task::block_in_place(|| opened_rx.recv().expect("reader opened its file"));
+    }
     faulty.wait_held(1).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    tokio::task::spawn_blocking(move || guard.unmount()).await.unwrap().expect("unmount");
+    tokio::task::spawn_blocking(move || guard.unmount())
+        .await
+        .unwrap()
+        .expect("unmount");
     for r in readers {
-        let res = tokio::task::spawn_blocking(move || r.join()).await.unwrap().expect("reader did not panic");
+        let res = tokio::task::spawn_blocking(move || r.join())
+            .await
+            .unwrap()
+            .expect("reader did not panic");
         let err = res.expect_err("a read held at the gate cannot succeed");
         assert!(
             matches!(err.raw_os_error(), Some(libc::EIO) | Some(libc::ENOTCONN)),
@@ -203,5 +271,9 @@ async fn unmount_with_reads_in_flight_neither_hangs_nor_panics() {
         );
     }
     faulty.release();
-    assert!(!std::fs::read_to_string("/proc/mounts").unwrap().contains(mnt.path().to_str().unwrap()));
+    assert!(
+        !std::fs::read_to_string("/proc/mounts")
+            .unwrap()
+            .contains(mnt.path().to_str().unwrap())
+    );
 }

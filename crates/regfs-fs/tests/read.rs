@@ -23,7 +23,9 @@ fn layer() -> Vec<u8> {
 }
 
 fn lookup(fs: &ImageFs, path: &str) -> Ino {
-    path.split('/').fold(Ino::ROOT, |ino, part| fs.lookup(ino, OsStr::new(part)).expect(path).ino)
+    path.split('/').fold(Ino::ROOT, |ino, part| {
+        fs.lookup(ino, OsStr::new(part)).expect(path).ino
+    })
 }
 
 /// The blob with one byte flipped inside the member of chunk `chunk` of `path`.
@@ -39,7 +41,11 @@ fn corrupt(blob: &[u8], path: &str, chunk: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_random_reads_return_the_file() {
-    let img = image_from_blobs(vec![to_estargz(&layer(), CHUNK)], FsOptions::default(), false);
+    let img = image_from_blobs(
+        vec![to_estargz(&layer(), CHUNK)],
+        FsOptions::default(),
+        false,
+    );
     let fs = img.fs.clone();
     let big = lookup(&fs, "d/big");
     let want = std::sync::Arc::new(pattern(BIG, 12));
@@ -77,11 +83,17 @@ async fn corrupt_chunk_fails_its_reads_only() {
     // Chunk 3 of the big file is corrupt: EIO there, good data elsewhere in the file.
     let err = fs.read(big, 3 * CHUNK + 5, 100).await.unwrap_err();
     assert_eq!(err.errno(), libc::EIO, "{err}");
-    assert_eq!(&fs.read(big, 0, 1000).await.unwrap()[..], &pattern(BIG, 12)[..1000]);
+    assert_eq!(
+        &fs.read(big, 0, 1000).await.unwrap()[..],
+        &pattern(BIG, 12)[..1000]
+    );
     // d/a's read-around pulls in the corrupt d/b; d/a must still read.
     let a = fs.read(lookup(fs, "d/a"), 0, 20_000).await.unwrap();
     assert_eq!(&a[..], &pattern(10_000, 10)[..]);
-    assert_eq!(fs.read(lookup(fs, "d/b"), 0, 10).await.unwrap_err().errno(), libc::EIO);
+    assert_eq!(
+        fs.read(lookup(fs, "d/b"), 0, 10).await.unwrap_err().errno(),
+        libc::EIO
+    );
     let c = fs.read(lookup(fs, "d/c"), 0, 40_000).await.unwrap();
     assert_eq!(&c[..], &pattern(30_000, 13)[..]);
     let stats = &fs.stats().layers[0];
@@ -91,7 +103,11 @@ async fn corrupt_chunk_fails_its_reads_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn small_file_read_fetches_its_neighbours_in_one_request() {
-    let img = image_from_blobs(vec![to_estargz(&layer(), CHUNK)], FsOptions::default(), false);
+    let img = image_from_blobs(
+        vec![to_estargz(&layer(), CHUNK)],
+        FsOptions::default(),
+        false,
+    );
     let fs = &img.fs;
     let a = fs.read(lookup(fs, "d/a"), 0, 100).await.unwrap();
     assert_eq!(&a[..], &pattern(10_000, 10)[..100]);
@@ -103,4 +119,33 @@ async fn small_file_read_fetches_its_neighbours_in_one_request() {
     let after_b = fs.stats().layers[0].clone();
     assert_eq!(after_b.requests, after_a.requests, "{after_b:?}");
     assert!(after_b.cache_hits > after_a.cache_hits, "{after_b:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_fetches_the_prioritised_files_before_the_landmark() {
+    let mut blob = Vec::new();
+    let opts = regfs_estargz::ConvertOptions {
+        chunk_size: CHUNK,
+        threads: 1,
+        prioritized_files: Some(vec!["d/c".into()]),
+        ..regfs_estargz::ConvertOptions::default()
+    };
+    regfs_estargz::convert(&layer(), &opts, &mut blob, &|_| {}).expect("convert");
+    let img = image_from_blobs(vec![blob], FsOptions::default(), false);
+    let fs = &img.fs;
+    assert!(
+        fs.lookup(Ino::ROOT, OsStr::new(".prefetch.landmark"))
+            .is_err(),
+        "landmark hidden"
+    );
+    fs.prefetch().await.expect("prefetch");
+    let after = fs.stats().layers[0].clone();
+    assert_eq!(after.prefetch, "done");
+    // d/c was prioritised: reading it makes no request.
+    let c = fs.read(lookup(fs, "d/c"), 0, 40_000).await.unwrap();
+    assert_eq!(&c[..], &pattern(30_000, 13)[..]);
+    assert_eq!(fs.stats().layers[0].requests, after.requests);
+    // d/big was not: reading it does.
+    fs.read(lookup(fs, "d/big"), 0, 10).await.unwrap();
+    assert!(fs.stats().layers[0].requests > after.requests);
 }

@@ -395,4 +395,12 @@ mod tests {
         );
         assert_eq!(get("d.example").await, None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn challenge_parser_never_panics(s in ".{0,200}") {
+            let _ = parse_challenge(&s);
+            let _ = parse_challenge(&format!("Bearer {s}"));
+        }
+    }
 }

@@ -171,6 +171,9 @@ impl Endpoint {
     }
 }
 
+/// (host authority, space-joined scopes).
+type TokenKey = (String, String);
+
 struct Token {
     value: String,
     renew_at: Instant,
@@ -189,9 +192,9 @@ struct Inner {
     http: Mutex<HashMap<TlsKey, reqwest::Client>>,
     endpoints: Mutex<HashMap<String, Arc<[Arc<Endpoint>]>>>,
     challenges: Mutex<HashMap<String, Challenge>>,
-    tokens: Mutex<HashMap<(String, String), Token>>,
+    tokens: Mutex<HashMap<TokenKey, Token>>,
     /// One token fetch at a time per (host, scope): concurrent cold reads share its result.
-    token_fetches: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    token_fetches: Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<()>>>>,
     credentials: tokio::sync::Mutex<HashMap<String, Option<Credentials>>>,
     /// Where a blob GET was last redirected to, by (API root + repo, digest).
     redirects: Mutex<HashMap<(String, Digest), Url>>,
@@ -725,7 +728,7 @@ impl Client {
         Ok(Some(v))
     }
 
-    fn cached_token(&self, key: &(String, String)) -> Option<String> {
+    fn cached_token(&self, key: &TokenKey) -> Option<String> {
         lock(&self.inner.tokens)
             .get(key)
             .filter(|t| Instant::now() < t.renew_at)

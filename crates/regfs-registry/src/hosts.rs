@@ -387,4 +387,12 @@ override_path = true
             );
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn hosts_parser_never_panics(s in ".{0,200}") {
+            let _ = parse_hosts(&s, "https://o", Path::new("/"), false);
+            let _ = parse_hosts(&format!("[host.\"{s}\"]\n"), "https://o", Path::new("/"), false);
+        }
+    }
 }

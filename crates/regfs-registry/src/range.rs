@@ -192,4 +192,38 @@ mod tests {
             assert!(parse_multipart(&Bytes::copy_from_slice(b), "XB").is_err());
         }
     }
+
+    proptest::proptest! {
+        /// Hostile bodies never panic, and every part returned lies inside the body.
+        #[test]
+        fn multipart_parser_never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512), cr in ".{0,40}") {
+            let body = Bytes::from(body);
+            if let Ok(parts) = parse_multipart(&body, "B") {
+                for p in parts {
+                    proptest::prop_assert_eq!(p.data.len() as u64, p.end - p.start);
+                }
+            }
+            let _ = parse_content_range(&cr);
+            let _ = multipart_boundary(&cr);
+        }
+
+        /// Well-formed replies with arbitrary part data (boundary look-alikes included) parse back.
+        #[test]
+        fn multipart_round_trips(parts in proptest::collection::vec(proptest::collection::vec(proptest::prelude::any::<u8>(), 1..64), 1..6)) {
+            let mut body = Vec::new();
+            let mut offset = 0u64;
+            for p in &parts {
+                body.extend_from_slice(format!("--B\r\nContent-Range: bytes {}-{}/*\r\n\r\n", offset, offset + p.len() as u64 - 1).as_bytes());
+                body.extend_from_slice(p);
+                body.extend_from_slice(b"\r\n");
+                offset += p.len() as u64 + 7;
+            }
+            body.extend_from_slice(b"--B--\r\n");
+            let got = parse_multipart(&Bytes::from(body), "B").unwrap();
+            proptest::prop_assert_eq!(got.len(), parts.len());
+            for (g, p) in got.iter().zip(&parts) {
+                proptest::prop_assert_eq!(&g.data[..], &p[..]);
+            }
+        }
+    }
 }

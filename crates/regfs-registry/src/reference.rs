@@ -235,4 +235,16 @@ mod tests {
         assert_eq!(r.tag, None);
         assert_eq!(r.to_string(), format!("docker.io/library/busybox@{D}"));
     }
+
+    proptest::proptest! {
+        /// Arbitrary strings never panic; whatever parses displays to something that parses
+        /// back to the same reference.
+        #[test]
+        fn parse_never_panics_and_round_trips(s in "[a-zA-Z0-9:/@._-]{0,80}|.{0,80}") {
+            if let Ok(r) = s.parse::<Reference>() {
+                let again: Reference = r.to_string().parse().unwrap();
+                proptest::prop_assert_eq!(again, r);
+            }
+        }
+    }
 }

@@ -375,3 +375,78 @@ async fn unreachable_registry_names_the_host() {
     );
     assert_eq!(client.stats().retries, 3);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn manifest_digest_and_size_are_checked() {
+    let body = br#"{"schemaVersion":2,"config":{"mediaType":"a","digest":"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","size":0},"layers":[]}"#;
+    let wrong = Digest::sha256(b"something else").to_string();
+    let server = FakeServer::start(move |req| {
+        if req.path.ends_with("/manifests/lying") {
+            Reply::with(
+                200,
+                &[("Docker-Content-Digest", wrong.as_str())],
+                body.to_vec(),
+            )
+        } else if req.path.ends_with("/manifests/huge") {
+            Reply::ok(vec![b' '; regfs_registry::MAX_MANIFEST_SIZE as usize + 1])
+        } else {
+            Reply::ok(body.to_vec())
+        }
+    })
+    .await;
+    let (client, _d) = client();
+    let base = format!("{}/fault/repo", server.host());
+    let lying: Reference = format!("{base}:lying").parse().unwrap();
+    let err = client.fetch_manifest(&lying).await.unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+
+    let pinned: Reference = format!("{base}@{}", Digest::sha256(b"pinned elsewhere"))
+        .parse()
+        .unwrap();
+    let err = client.fetch_manifest(&pinned).await.unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+
+    let huge: Reference = format!("{base}:huge").parse().unwrap();
+    let err = client.fetch_manifest(&huge).await.unwrap_err();
+    assert!(matches!(err, Error::TooLarge { .. }), "{err}");
+
+    // No mediaType, no useful Content-Type: the shape decides.
+    let plain: Reference = format!("{base}:plain").parse().unwrap();
+    let (got, mt, d) = client.fetch_manifest(&plain).await.unwrap();
+    assert_eq!(
+        (&got[..], mt.as_str(), d),
+        (
+            &body[..],
+            regfs_registry::MEDIA_TYPE_OCI_MANIFEST,
+            Digest::sha256(body)
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resumed_fetch_against_range_ignoring_server_skips_written_bytes() {
+    let (data, digest) = blob();
+    let d2 = data.clone();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let server = FakeServer::start(move |_| {
+        if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::Cut {
+                status: 200,
+                headers: vec![],
+                declared_len: d2.len(),
+                body: d2[..12_345].to_vec(),
+            }
+        } else {
+            Reply::ok(d2.clone())
+        }
+    })
+    .await;
+    let (client, _d) = client();
+    let mut out = Vec::new();
+    let n = client
+        .fetch_blob_to(&reference(&server), &digest, &mut out)
+        .await
+        .unwrap();
+    assert_eq!((n, out == data), (data.len() as u64, true));
+    assert_eq!(server.requests()[1].header("range"), Some("bytes=12345-"));
+}

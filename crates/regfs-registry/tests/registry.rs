@@ -405,3 +405,54 @@ async fn proxy_setting_routes_requests_through_the_proxy() {
         seen[0].path
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_certificate_from_hosts_toml() {
+    let certs = tempfile::tempdir().unwrap();
+    let (server_cert, server_key) = support::self_signed_cert(certs.path());
+    let client_dir = tempfile::tempdir().unwrap();
+    let (client_cert, client_key) = support::self_signed_cert(client_dir.path());
+    let reg = Registry::start_mtls(server_cert.clone(), server_key, client_cert.clone()).await;
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let r = reg.reference("mtls/img:1");
+    let data = pattern(2000, 12);
+    let digest = Digest::sha256(&data);
+
+    let hosts = tempfile::tempdir().unwrap();
+    let server = format!(
+        "server = \"https://{}\"\nca = \"{}\"\n",
+        reg.host,
+        server_cert.display()
+    );
+    hosts_toml(hosts.path(), &reg.host, &server);
+    let mut cfg = test_config(cfg_dir.path());
+    cfg.hosts_dir = Some(hosts.path().to_owned());
+    let anonymous_tls = Client::new(cfg.clone()).unwrap();
+    assert!(
+        anonymous_tls
+            .push_blob(&r, &digest, data.clone().into())
+            .await
+            .is_err()
+    );
+
+    let hosts2 = tempfile::tempdir().unwrap();
+    hosts_toml(
+        hosts2.path(),
+        &reg.host,
+        &format!(
+            "{server}client = [[\"{}\", \"{}\"]]\n",
+            client_cert.display(),
+            client_key.display()
+        ),
+    );
+    cfg.hosts_dir = Some(hosts2.path().to_owned());
+    let with_cert = Client::new(cfg).unwrap();
+    with_cert
+        .push_blob(&r, &digest, data.clone().into())
+        .await
+        .unwrap();
+    assert_eq!(
+        &with_cert.fetch_blob(&r, &digest).await.unwrap()[..],
+        &data[..]
+    );
+}

@@ -14,7 +14,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use anyhow::Context;
-use regfs_estargz::{ConvertOptions, Digest, FOOTER_SIZE, PREFETCH_LANDMARK, Toc, clean_name, parse_footer};
+use regfs_estargz::{
+    ConvertOptions, Digest, FOOTER_SIZE, PREFETCH_LANDMARK, Toc, clean_name, parse_footer,
+};
 
 /// What converting one layer produced.
 pub struct ConvertedLayer {
@@ -41,12 +43,14 @@ pub fn convert_layer(
     options: &ConvertOptions,
     bar: Option<&indicatif::ProgressBar>,
 ) -> anyhow::Result<ConvertedLayer> {
-    let input = File::open(source).with_context(|| format!("opening layer {}", source.display()))?;
+    let input =
+        File::open(source).with_context(|| format!("opening layer {}", source.display()))?;
     let mut reader = regfs_estargz::decompress_input(input)
         .with_context(|| format!("reading layer {}", source.display()))?;
     let mut tar_file = tempfile::tempfile_in(tmp_dir)
         .with_context(|| format!("creating a temp file in {}", tmp_dir.display()))?;
-    std::io::copy(&mut reader, &mut tar_file).with_context(|| format!("decompressing layer {}", source.display()))?;
+    std::io::copy(&mut reader, &mut tar_file)
+        .with_context(|| format!("decompressing layer {}", source.display()))?;
     // SAFETY: the temp file is unlinked and private to this process; nobody else can change it.
     let tar = unsafe { memmap2::Mmap::map(&tar_file) }.context("mapping the decompressed layer")?;
 

@@ -159,6 +159,7 @@ impl LazyImage {
             record_access,
             cache: Some(cache.clone()),
         };
+        tracing::debug!(ms = start.elapsed().as_millis() as u64, "layers opened");
         let fs = match layer {
             None => ImageFs::new(fs_layers, fs_opts)?,
             Some(want) => {
@@ -168,6 +169,7 @@ impl LazyImage {
                 ImageFs::single_layer(fs_layers.swap_remove(pos), fs_opts)?
             }
         };
+        tracing::debug!(ms = start.elapsed().as_millis() as u64, "filesystem built");
         Ok(LazyImage {
             reference: image.reference,
             manifest_digest: image.manifest_digest,

@@ -21,15 +21,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use regfs_estargz::Digest;
-use regfs_registry::Platform;
+use regfs_registry::{MEDIA_TYPE_OCI_INDEX, Platform, is_index};
 use serde::{Deserialize, Serialize};
 
 /// The annotation carrying an index entry's tag.
 pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
-
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// Manifests, indexes and configs are small JSON; anything larger is not one of them. (The same
 /// bound distribution puts on manifests.)
@@ -98,14 +94,20 @@ impl OciLayout {
     pub fn open(dir: &Path) -> anyhow::Result<OciLayout> {
         let index = dir.join("index.json");
         if !index.is_file() {
-            bail!("{} is not an OCI image layout: no index.json", dir.display());
+            bail!(
+                "{} is not an OCI image layout: no index.json",
+                dir.display()
+            );
         }
-        Ok(OciLayout { dir: dir.to_owned() })
+        Ok(OciLayout {
+            dir: dir.to_owned(),
+        })
     }
 
     /// Opens the layout at `dir`, creating an empty one if there is none.
     pub fn create(dir: &Path) -> anyhow::Result<OciLayout> {
-        fs::create_dir_all(dir.join("blobs/sha256")).with_context(|| format!("creating {}", dir.display()))?;
+        fs::create_dir_all(dir.join("blobs/sha256"))
+            .with_context(|| format!("creating {}", dir.display()))?;
         let marker = dir.join("oci-layout");
         if !marker.exists() {
             fs::write(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#)
@@ -113,10 +115,13 @@ impl OciLayout {
         }
         let index = dir.join("index.json");
         if !index.exists() {
-            let empty = serde_json::json!({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": []});
-            fs::write(&index, serde_json::to_vec(&empty)?).with_context(|| format!("writing {}", index.display()))?;
+            let empty = serde_json::json!({"schemaVersion": 2, "mediaType": MEDIA_TYPE_OCI_INDEX, "manifests": []});
+            fs::write(&index, serde_json::to_vec(&empty)?)
+                .with_context(|| format!("writing {}", index.display()))?;
         }
-        Ok(OciLayout { dir: dir.to_owned() })
+        Ok(OciLayout {
+            dir: dir.to_owned(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -131,17 +136,24 @@ impl OciLayout {
     /// A small JSON blob (manifest, index, config), digest-checked.
     pub fn read_json_blob(&self, digest: &Digest) -> anyhow::Result<Vec<u8>> {
         let path = self.blob_path(digest);
-        let file = fs::File::open(&path).with_context(|| format!("opening blob {}", path.display()))?;
+        let file =
+            fs::File::open(&path).with_context(|| format!("opening blob {}", path.display()))?;
         let mut bytes = Vec::new();
         file.take(MAX_JSON_BLOB + 1)
             .read_to_end(&mut bytes)
             .with_context(|| format!("reading {}", path.display()))?;
         if bytes.len() as u64 > MAX_JSON_BLOB {
-            bail!("blob {} is larger than the {MAX_JSON_BLOB}-byte limit for manifests and configs", path.display());
+            bail!(
+                "blob {} is larger than the {MAX_JSON_BLOB}-byte limit for manifests and configs",
+                path.display()
+            );
         }
         let actual = Digest::sha256(&bytes);
         if actual != *digest {
-            bail!("blob {} has digest {actual}, expected {digest}", path.display());
+            bail!(
+                "blob {} has digest {actual}, expected {digest}",
+                path.display()
+            );
         }
         Ok(bytes)
     }
@@ -150,7 +162,8 @@ impl OciLayout {
     /// entry is an index.
     pub fn resolve(&self, tag: Option<&str>, platform: &Platform) -> anyhow::Result<LayoutImage> {
         let index_path = self.dir.join("index.json");
-        let index_bytes = fs::read(&index_path).with_context(|| format!("reading {}", index_path.display()))?;
+        let index_bytes =
+            fs::read(&index_path).with_context(|| format!("reading {}", index_path.display()))?;
         let index: ManifestBody = serde_json::from_slice(&index_bytes)
             .with_context(|| format!("parsing {}", index_path.display()))?;
         let entry = match tag {
@@ -162,17 +175,25 @@ impl OciLayout {
             None => match index.manifests.as_slice() {
                 [only] => only,
                 [] => bail!("{} lists no image", index_path.display()),
-                _ => bail!("{} lists several images: name one with oci:DIR:TAG", index_path.display()),
+                _ => bail!(
+                    "{} lists several images: name one with oci:DIR:TAG",
+                    index_path.display()
+                ),
             },
         };
         let mut desc = entry.clone();
         // One level of nesting: a tag naming a multi-platform index.
         if is_index(&desc.media_type) {
             let bytes = self.read_json_blob(&desc.digest()?)?;
-            let nested: ManifestBody =
-                serde_json::from_slice(&bytes).with_context(|| format!("parsing index {}", desc.digest))?;
+            let nested: ManifestBody = serde_json::from_slice(&bytes)
+                .with_context(|| format!("parsing index {}", desc.digest))?;
             desc = pick_platform(&nested.manifests, platform)
-                .with_context(|| format!("no manifest in index {} matches platform {platform}", desc.digest))?
+                .with_context(|| {
+                    format!(
+                        "no manifest in index {} matches platform {platform}",
+                        desc.digest
+                    )
+                })?
                 .clone();
         }
         let manifest_digest = desc.digest()?;
@@ -207,10 +228,12 @@ impl OciLayout {
     /// Points `tag` at the manifest `desc` in index.json (replacing the entry with that tag).
     pub fn set_tag(&self, tag: &str, mut desc: Descriptor) -> anyhow::Result<()> {
         let index_path = self.dir.join("index.json");
-        let bytes = fs::read(&index_path).with_context(|| format!("reading {}", index_path.display()))?;
-        let mut index: serde_json::Value =
-            serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", index_path.display()))?;
-        desc.annotations.insert(REF_NAME_ANNOTATION.to_owned(), tag.to_owned());
+        let bytes =
+            fs::read(&index_path).with_context(|| format!("reading {}", index_path.display()))?;
+        let mut index: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("parsing {}", index_path.display()))?;
+        desc.annotations
+            .insert(REF_NAME_ANNOTATION.to_owned(), tag.to_owned());
         let entry = serde_json::to_value(&desc)?;
         let manifests = index
             .get_mut("manifests")
@@ -219,21 +242,20 @@ impl OciLayout {
         manifests.retain(|m| m["annotations"][REF_NAME_ANNOTATION].as_str() != Some(tag));
         manifests.push(entry);
         let tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        fs::write(tmp.path(), serde_json::to_vec(&index)?).with_context(|| format!("writing {}", index_path.display()))?;
+        fs::write(tmp.path(), serde_json::to_vec(&index)?)
+            .with_context(|| format!("writing {}", index_path.display()))?;
         tmp.persist(&index_path)
             .with_context(|| format!("renaming into {}", index_path.display()))?;
         Ok(())
     }
 }
 
-/// Whether a media type is an image index / manifest list.
-pub fn is_index(media_type: &str) -> bool {
-    media_type == OCI_INDEX || media_type == DOCKER_MANIFEST_LIST
-}
-
 /// The first entry of an index whose platform `platform` accepts (same rule as the registry
 /// client: an unset variant on our side accepts any).
-pub fn pick_platform<'a>(manifests: &'a [Descriptor], platform: &Platform) -> Option<&'a Descriptor> {
+pub fn pick_platform<'a>(
+    manifests: &'a [Descriptor],
+    platform: &Platform,
+) -> Option<&'a Descriptor> {
     manifests.iter().find(|d| {
         let Some(p) = &d.platform else { return false };
         p["os"].as_str() == Some(platform.os.as_str())
@@ -261,7 +283,9 @@ mod tests {
         ];
         for (input, want) in cases {
             let got = parse_location(input);
-            let got = got.as_ref().map(|(d, t)| (d.to_str().unwrap(), t.as_deref()));
+            let got = got
+                .as_ref()
+                .map(|(d, t)| (d.to_str().unwrap(), t.as_deref()));
             assert_eq!(got, want, "{input}");
         }
     }

@@ -120,7 +120,9 @@ pub async fn open_image(
     cache: &Arc<ChunkCache>,
     opts: &OpenOptions,
 ) -> anyhow::Result<OpenedImage> {
+    let t0 = std::time::Instant::now();
     let (pinned, manifest_digest, manifest) = fetch_manifest(client, reference, platform).await?;
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "manifest");
     let config_digest: Digest = manifest.config().digest().to_string().parse()?;
     let config_fut = async {
         let bytes = client
@@ -136,6 +138,7 @@ pub async fn open_image(
         .iter()
         .map(|desc| open_layer(client, &pinned, registry.clone(), desc, cache, opts));
     let (config, layers) = tokio::join!(config_fut, futures::future::join_all(layer_futs));
+    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "config and layer TOCs");
     let config = config?;
     let layers = layers.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     Ok(OpenedImage {
@@ -227,7 +230,9 @@ async fn open_layer(
              (use --insecure-skip-verify to mount it anyway)"
         ),
     }
+    tracing::debug!(layer = %digest, tail = tail.len(), "TOC fetched");
     let index = TocIndex::new(&toc, size).with_context(|| format!("indexing the TOC of layer {digest}"))?;
+    tracing::debug!(layer = %digest, entries = index.len(), "TOC indexed");
     let handle = cache.layer(LayerBlob {
         digest,
         size,

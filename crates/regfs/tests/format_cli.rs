@@ -203,6 +203,7 @@ fn docker_style_layer_with_root_entry_extracts_like_gnu_tar() {
         (0o750, 7),
         "the ./ entry applies to DIR itself"
     );
+    assert_eq!(tree.nodes["etc"].mode, 0o700, "the later dir entry wins");
     assert_eq!(
         tree.nodes["etc/os-release"].size,
         Some(12),

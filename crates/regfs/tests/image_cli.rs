@@ -30,7 +30,11 @@ const PREFETCH: &str = "io.regfs.estargz.prefetch-size";
 /// What the test image's files say, and the command that prints them.
 const MSG: &str = "hello from layer two\n";
 const THREE: &str = "written by layer three\n";
-const RUN_ARGS: [&str; 3] = ["/bin/sh", "-c", "cat /data/msg.txt /data/three.txt; ls /data"];
+const RUN_ARGS: [&str; 3] = [
+    "/bin/sh",
+    "-c",
+    "cat /data/msg.txt /data/three.txt; ls /data",
+];
 /// Files left in /data after layer 3 whites out old.txt (ls order).
 const DATA_FILES: [&str; 4] = ["big.bin", "keep.txt", "msg.txt", "three.txt"];
 /// Bigger than one 4 MiB chunk, so that layer 2 has a chunked file.
@@ -71,7 +75,8 @@ fn tar_of(entries: Vec<Entry>) -> Vec<u8> {
                 h.set_entry_type(tar::EntryType::Directory);
                 h.set_mode(0o755);
                 h.set_size(0);
-                b.append_data(&mut h, e.path, std::io::empty()).expect("tar dir");
+                b.append_data(&mut h, e.path, std::io::empty())
+                    .expect("tar dir");
             }
             EntryKind::File(data, mode) => {
                 h.set_entry_type(tar::EntryType::Regular);
@@ -91,13 +96,22 @@ fn tar_of(entries: Vec<Entry>) -> Vec<u8> {
 }
 
 fn dir(path: &'static str) -> Entry {
-    Entry { path, kind: EntryKind::Dir }
+    Entry {
+        path,
+        kind: EntryKind::Dir,
+    }
 }
 fn file(path: &'static str, data: &[u8]) -> Entry {
-    Entry { path, kind: EntryKind::File(data.to_vec(), 0o644) }
+    Entry {
+        path,
+        kind: EntryKind::File(data.to_vec(), 0o644),
+    }
 }
 fn link(path: &'static str, target: &'static str) -> Entry {
-    Entry { path, kind: EntryKind::Symlink(target) }
+    Entry {
+        path,
+        kind: EntryKind::Symlink(target),
+    }
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -108,7 +122,9 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 fn gunzip_all(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(data).read_to_end(&mut out).expect("gunzip blob");
+    flate2::read::MultiGzDecoder::new(data)
+        .read_to_end(&mut out)
+        .expect("gunzip blob");
     out
 }
 
@@ -116,10 +132,15 @@ fn gunzip_all(data: &[u8]) -> Vec<u8> {
 fn source_layers() -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
     let busybox = fs::read("/bin/busybox")
         .expect("the test needs a static /bin/busybox (apt-get install busybox-static)");
-    let mut base = vec![dir("bin/"), dir("etc/"), dir("data/"), Entry {
-        path: "bin/busybox",
-        kind: EntryKind::File(busybox, 0o755),
-    }];
+    let mut base = vec![
+        dir("bin/"),
+        dir("etc/"),
+        dir("data/"),
+        Entry {
+            path: "bin/busybox",
+            kind: EntryKind::File(busybox, 0o755),
+        },
+    ];
     for applet in ["bin/sh", "bin/cat", "bin/ls", "bin/echo"] {
         base.push(link(applet, "busybox"));
     }
@@ -143,8 +164,16 @@ fn source_layers() -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
 
     vec![
         (OCI_GZIP, gzip(&base), base),
-        ("application/vnd.oci.image.layer.v1.tar", added.clone(), added),
-        ("application/vnd.oci.image.layer.v1.tar+zstd", zstd, whiteout),
+        (
+            "application/vnd.oci.image.layer.v1.tar",
+            added.clone(),
+            added,
+        ),
+        (
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            zstd,
+            whiteout,
+        ),
     ]
 }
 
@@ -168,7 +197,8 @@ fn write_source_layout(dir: &Path, tag: &str) -> Value {
     let mut layer_descs = Vec::new();
     let mut diff_ids = Vec::new();
     for (media_type, blob, tar) in source_layers() {
-        layer_descs.push(json!({"mediaType": media_type, "digest": put(&blob), "size": blob.len()}));
+        layer_descs
+            .push(json!({"mediaType": media_type, "digest": put(&blob), "size": blob.len()}));
         diff_ids.push(sha256(&tar));
     }
     let config = json!({
@@ -199,7 +229,11 @@ fn write_source_layout(dir: &Path, tag: &str) -> Value {
             "annotations": {"org.opencontainers.image.ref.name": tag},
         }],
     });
-    fs::write(dir.join("index.json"), serde_json::to_vec(&index).expect("index")).expect("index.json");
+    fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&index).expect("index"),
+    )
+    .expect("index.json");
     fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).expect("oci-layout");
     config
 }
@@ -209,7 +243,12 @@ fn write_source_layout(dir: &Path, tag: &str) -> Value {
 fn skopeo_push(layout: &Path, tag: &str, reference: &str, creds: Option<&str>) {
     which("skopeo").expect("the test needs `skopeo` (apt-get install skopeo)");
     let mut cmd = Command::new("skopeo");
-    cmd.args(["copy", "--insecure-policy", "--preserve-digests", "--dest-tls-verify=false"]);
+    cmd.args([
+        "copy",
+        "--insecure-policy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+    ]);
     if let Some(c) = creds {
         cmd.args(["--dest-creds", c]);
     }
@@ -230,7 +269,10 @@ fn registry_with_source(work: &Path) -> (Registry, Value) {
 fn convert_image(src: &str, dst: &str, extra: &[&str]) -> Value {
     let out = run_ok(regfs().arg("convert-image").arg(src).arg(dst).args(extra));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("convert-image stdout is not one JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "convert-image stdout is not one JSON object ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
@@ -250,8 +292,16 @@ fn check_converted(
     let manifest: Value = serde_json::from_slice(manifest_bytes).expect("manifest json");
     assert_eq!(manifest["mediaType"], OCI_MANIFEST);
     assert_eq!(manifest["config"]["mediaType"], OCI_CONFIG);
-    assert_eq!(summary["manifestDigest"], sha256(manifest_bytes), "summary names the pushed manifest");
-    let config_bytes = get_blob(manifest["config"]["digest"].as_str().expect("config digest"));
+    assert_eq!(
+        summary["manifestDigest"],
+        sha256(manifest_bytes),
+        "summary names the pushed manifest"
+    );
+    let config_bytes = get_blob(
+        manifest["config"]["digest"]
+            .as_str()
+            .expect("config digest"),
+    );
     assert_eq!(sha256(&config_bytes), manifest["config"]["digest"]);
     let config: Value = serde_json::from_slice(&config_bytes).expect("config json");
     assert_eq!(config["history"], source_config["history"], "history kept");
@@ -272,18 +322,38 @@ fn check_converted(
         assert_eq!(layer["size"], data.len(), "layer {i} size");
         let ann = &layer["annotations"];
         let toc_digest = ann[TOC_DIGEST].as_str().expect("toc.digest annotation");
-        assert_eq!(toc_digest, sha256(&blob::toc_json(&data)), "layer {i} toc digest");
+        assert_eq!(
+            toc_digest,
+            sha256(&blob::toc_json(&data)),
+            "layer {i} toc digest"
+        );
         let stream = gunzip_all(&data);
-        assert_eq!(diff_ids[i], sha256(&stream), "layer {i} diff_id is sha256 of the gunzipped blob");
-        assert_eq!(ann[UNCOMPRESSED], stream.len().to_string(), "layer {i} uncompressed size");
-        assert_eq!(ann[TOC_OFFSET], blob::toc_offset(&data).to_string(), "layer {i} toc offset hint");
+        assert_eq!(
+            diff_ids[i],
+            sha256(&stream),
+            "layer {i} diff_id is sha256 of the gunzipped blob"
+        );
+        assert_eq!(
+            ann[UNCOMPRESSED],
+            stream.len().to_string(),
+            "layer {i} uncompressed size"
+        );
+        assert_eq!(
+            ann[TOC_OFFSET],
+            blob::toc_offset(&data).to_string(),
+            "layer {i} toc offset hint"
+        );
         let landmark = blob::toc_value(&data)["entries"]
             .as_array()
             .expect("toc entries")
             .iter()
             .find(|e| e["name"] == ".prefetch.landmark")
             .map(|e| e["offset"].as_u64().expect("landmark offset").to_string());
-        assert_eq!(ann[PREFETCH].as_str().map(str::to_owned), landmark, "layer {i} prefetch hint");
+        assert_eq!(
+            ann[PREFETCH].as_str().map(str::to_owned),
+            landmark,
+            "layer {i} prefetch hint"
+        );
 
         let s = &summary_layers[i];
         assert_eq!(s["digest"], digest);
@@ -294,7 +364,12 @@ fn check_converted(
 
         let path = work.join(format!("layer-{i}-{}", &digest[7..19]));
         fs::write(&path, &data).expect("write layer");
-        run_ok(Command::new(esgz_oracle()).arg("verify").arg(&path).args(["--toc-digest", toc_digest]));
+        run_ok(
+            Command::new(esgz_oracle())
+                .arg("verify")
+                .arg(&path)
+                .args(["--toc-digest", toc_digest]),
+        );
         blobs.push(data);
     }
     blobs
@@ -311,18 +386,40 @@ fn registry_to_registry_conversion_runs_under_plain_containerd() {
     let src = format!("{}/src:v1", reg.addr);
     let dst = format!("{}/dst:v1", reg.addr);
     let summary = convert_image(&src, &dst, &["--chunk-size", "1048576"]);
-    assert!(summary["layers"].as_array().unwrap().iter().all(|l| l["kept"] == false));
+    assert!(
+        summary["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["kept"] == false)
+    );
 
     let manifest = reg.manifest("dst", "v1");
-    let blobs = check_converted(work.path(), &manifest, &|d| reg.blob("dst", d), &source_config, &summary);
+    let blobs = check_converted(
+        work.path(),
+        &manifest,
+        &|d| reg.blob("dst", d),
+        &source_config,
+        &summary,
+    );
     // The uncompressed tar and zstd layers carried the same files as their eStargz versions.
     for (i, (_, _, tar)) in source_layers().into_iter().enumerate() {
         let names = |t: &[u8]| -> Vec<String> {
             tar::Archive::new(t)
                 .entries()
                 .expect("tar")
-                .map(|e| e.expect("entry").path().expect("path").display().to_string())
-                .filter(|n| !n.starts_with(".prefetch") && !n.starts_with(".no.prefetch") && n != "stargz.index.json")
+                .map(|e| {
+                    e.expect("entry")
+                        .path()
+                        .expect("path")
+                        .display()
+                        .to_string()
+                })
+                .filter(|n| {
+                    !n.starts_with(".prefetch")
+                        && !n.starts_with(".no.prefetch")
+                        && n != "stargz.index.json"
+                })
                 .collect()
         };
         let mut want = names(&tar);
@@ -339,16 +436,33 @@ fn registry_to_registry_conversion_runs_under_plain_containerd() {
 
     // Converting the converted image keeps every layer (they are eStargz already).
     let again = convert_image(&dst, &format!("{}/again:v1", reg.addr), &[]);
-    for (a, b) in again["layers"].as_array().unwrap().iter().zip(summary["layers"].as_array().unwrap()) {
+    for (a, b) in again["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(summary["layers"].as_array().unwrap())
+    {
         assert_eq!(a["kept"], true);
         assert_eq!(a["digest"], b["digest"]);
         assert_eq!(a["diffID"], b["diffID"]);
     }
     let again_manifest = reg.manifest("again", "v1");
-    check_converted(work.path(), &again_manifest, &|d| reg.blob("again", d), &source_config, &again);
+    check_converted(
+        work.path(),
+        &again_manifest,
+        &|d| reg.blob("again", d),
+        &source_config,
+        &again,
+    );
     // ... unless forced.
     let forced = convert_image(&dst, &format!("{}/forced:v1", reg.addr), &["--force"]);
-    assert!(forced["layers"].as_array().unwrap().iter().all(|l| l["kept"] == false));
+    assert!(
+        forced["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["kept"] == false)
+    );
 }
 
 #[test]
@@ -379,17 +493,27 @@ fn inspect_toc_reads_one_range_per_layer() {
         assert_eq!(toc["reads"], 1);
         assert_eq!(toc["tocDigest"], want["annotations"][TOC_DIGEST]);
         let data = reg.blob("dst", want["digest"].as_str().unwrap());
-        let entries = blob::toc_value(&data)["entries"].as_array().unwrap().clone();
+        let entries = blob::toc_value(&data)["entries"]
+            .as_array()
+            .unwrap()
+            .clone();
         assert_eq!(toc["entries"], entries.len());
         let mut by_type: BTreeMap<String, u64> = BTreeMap::new();
         for e in &entries {
-            *by_type.entry(e["type"].as_str().unwrap().to_owned()).or_default() += 1;
+            *by_type
+                .entry(e["type"].as_str().unwrap().to_owned())
+                .or_default() += 1;
         }
         assert_eq!(toc["byType"], json!(by_type));
     }
 
     // The unconverted source: not eStargz; the footer check says so without failing.
-    let out = run_ok(regfs().args(["inspect", &format!("{}/src:v1", reg.addr), "--toc", "--json"]));
+    let out = run_ok(regfs().args([
+        "inspect",
+        &format!("{}/src:v1", reg.addr),
+        "--toc",
+        "--json",
+    ]));
     let report: Value = serde_json::from_slice(&out.stdout).expect("inspect --json output");
     for l in report["layers"].as_array().unwrap() {
         assert_eq!(l["estargz"], false, "{l}");
@@ -400,7 +524,10 @@ fn inspect_toc_reads_one_range_per_layer() {
     let out = run_ok(regfs().args(["inspect", &dst, "--toc"]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("verified against the annotation"), "{text}");
-    assert!(text.contains(&format!("requests      {}", 2 + layers.len())), "{text}");
+    assert!(
+        text.contains(&format!("requests      {}", 2 + layers.len())),
+        "{text}"
+    );
 }
 
 #[test]
@@ -418,14 +545,30 @@ fn prioritized_files_put_a_prefetch_hint_on_the_layers_that_have_them() {
     );
     let manifest = reg.manifest("prio", "v1");
     // check_converted ties each prefetch hint to the TOC's landmark.
-    check_converted(work.path(), &manifest, &|d| reg.blob("prio", d), &source_config, &summary);
+    check_converted(
+        work.path(),
+        &manifest,
+        &|d| reg.blob("prio", d),
+        &source_config,
+        &summary,
+    );
     let manifest: Value = serde_json::from_slice(&manifest).unwrap();
     for i in 0..3 {
         let hint = &manifest["layers"][i]["annotations"][PREFETCH];
-        assert!(hint.is_string(), "layer {i} has prioritized files and a landmark: {hint}");
+        assert!(
+            hint.is_string(),
+            "layer {i} has prioritized files and a landmark: {hint}"
+        );
     }
     let missed = &summary["layers"][1]["missedPrioritized"];
-    assert!(missed.as_array().unwrap().iter().any(|m| m == "data/three.txt"), "{missed}");
+    assert!(
+        missed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m == "data/three.txt"),
+        "{missed}"
+    );
 }
 
 #[test]
@@ -439,7 +582,8 @@ fn oci_layouts_as_source_and_destination() {
         &format!("oci:{}:converted", dst_layout.display()),
         &[],
     );
-    let index: Value = serde_json::from_slice(&fs::read(dst_layout.join("index.json")).unwrap()).unwrap();
+    let index: Value =
+        serde_json::from_slice(&fs::read(dst_layout.join("index.json")).unwrap()).unwrap();
     let entry = index["manifests"]
         .as_array()
         .unwrap()
@@ -450,7 +594,13 @@ fn oci_layouts_as_source_and_destination() {
     let blob_path = |d: &str| dst_layout.join("blobs/sha256").join(&d["sha256:".len()..]);
     let manifest = fs::read(blob_path(entry["digest"].as_str().unwrap())).unwrap();
     assert_eq!(entry["size"], manifest.len());
-    check_converted(work.path(), &manifest, &|d| fs::read(blob_path(d)).unwrap(), &source_config, &summary);
+    check_converted(
+        work.path(),
+        &manifest,
+        &|d| fs::read(blob_path(d)).unwrap(),
+        &source_config,
+        &summary,
+    );
 
     // Layout → registry: the layers are eStargz already and are kept byte for byte.
     let reg = Registry::start();
@@ -459,9 +609,18 @@ fn oci_layouts_as_source_and_destination() {
         &format!("{}/from-layout:v1", reg.addr),
         &[],
     );
-    assert_eq!(pushed["manifestDigest"], summary["manifestDigest"], "same image, same manifest");
+    assert_eq!(
+        pushed["manifestDigest"], summary["manifestDigest"],
+        "same image, same manifest"
+    );
     let manifest = reg.manifest("from-layout", "v1");
-    check_converted(work.path(), &manifest, &|d| reg.blob("from-layout", d), &source_config, &pushed);
+    check_converted(
+        work.path(),
+        &manifest,
+        &|d| reg.blob("from-layout", d),
+        &source_config,
+        &pushed,
+    );
 
     // Registry → layout.
     let back = work.path().join("back-layout");
@@ -472,13 +631,110 @@ fn oci_layouts_as_source_and_destination() {
     );
     assert_eq!(pulled["manifestDigest"], summary["manifestDigest"]);
     let index: Value = serde_json::from_slice(&fs::read(back.join("index.json")).unwrap()).unwrap();
-    assert_eq!(index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"], "latest");
+    assert_eq!(
+        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        "latest"
+    );
 
     // A tag the layout does not have.
-    let err = run_fail(regfs().arg("convert-image").arg(format!("oci:{}:nope", src_layout.display())).arg(
-        format!("oci:{}", work.path().join("x").display()),
-    ));
+    let err = run_fail(
+        regfs()
+            .arg("convert-image")
+            .arg(format!("oci:{}:nope", src_layout.display()))
+            .arg(format!("oci:{}", work.path().join("x").display())),
+    );
     assert!(err.contains("nope"), "{err}");
+}
+
+/// Turns the layout's one tagged manifest into a two-platform index: the host's image and a
+/// `linux/s390x` one whose only layer is missing from the layout.
+fn make_multi_platform(layout: &Path, tag: &str) {
+    let index_path = layout.join("index.json");
+    let mut index: Value = serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
+    let host = index["manifests"][0].clone();
+    let put = |data: &[u8]| -> String {
+        let d = sha256(data);
+        fs::write(
+            layout.join("blobs/sha256").join(&d["sha256:".len()..]),
+            data,
+        )
+        .unwrap();
+        d
+    };
+    let missing_layer = sha256(b"not in this layout");
+    let other_config = serde_json::to_vec(&json!({
+        "architecture": "s390x",
+        "os": "linux",
+        "rootfs": {"type": "layers", "diff_ids": [missing_layer]},
+    }))
+    .unwrap();
+    let other = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": put(&other_config), "size": other_config.len()},
+        "layers": [{"mediaType": OCI_GZIP, "digest": missing_layer, "size": 18}],
+    }))
+    .unwrap();
+    let mut host_entry = host.clone();
+    host_entry.as_object_mut().unwrap().remove("annotations");
+    host_entry["platform"] = json!({"os": "linux", "architecture": host_arch()});
+    let nested = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": OCI_MANIFEST, "digest": put(&other), "size": other.len(),
+             "platform": {"os": "linux", "architecture": "s390x"}},
+            host_entry,
+        ],
+    }))
+    .unwrap();
+    index["manifests"] = json!([{
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "digest": put(&nested),
+        "size": nested.len(),
+        "annotations": {"org.opencontainers.image.ref.name": tag},
+    }]);
+    fs::write(&index_path, serde_json::to_vec(&index).unwrap()).unwrap();
+}
+
+#[test]
+fn multi_platform_source_converts_the_chosen_platform_only() {
+    let work = scratch();
+    let src_layout = work.path().join("src-layout");
+    let source_config = write_source_layout(&src_layout, "multi");
+    make_multi_platform(&src_layout, "multi");
+    let src = format!("oci:{}:multi", src_layout.display());
+
+    // Default: this host's platform; the result is a plain manifest.
+    let dst_layout = work.path().join("dst-layout");
+    let summary = convert_image(&src, &format!("oci:{}:host", dst_layout.display()), &[]);
+    let manifest = fs::read(
+        dst_layout
+            .join("blobs/sha256")
+            .join(&summary["manifestDigest"].as_str().unwrap()["sha256:".len()..]),
+    )
+    .unwrap();
+    let blob_path = |d: &str| dst_layout.join("blobs/sha256").join(&d["sha256:".len()..]);
+    check_converted(
+        work.path(),
+        &manifest,
+        &|d| fs::read(blob_path(d)).unwrap(),
+        &source_config,
+        &summary,
+    );
+
+    // The other platform is really chosen when asked for: its layer is missing, by name.
+    let err = run_fail(
+        regfs()
+            .arg("convert-image")
+            .arg(&src)
+            .arg(format!("oci:{}:s390x", dst_layout.display()))
+            .args(["--platform", "linux/s390x"]),
+    );
+    assert!(
+        err.contains(&sha256(b"not in this layout")["sha256:".len()..]),
+        "{err}"
+    );
 }
 
 #[test]
@@ -486,10 +742,21 @@ fn unknown_image_and_unreachable_registry_fail_clearly() {
     let reg = Registry::start();
     let work = scratch();
     let missing = format!("{}/nothing-here:v1", reg.addr);
-    let err = run_fail(regfs().arg("convert-image").arg(&missing).arg(format!("{}/out:v1", reg.addr)));
-    assert!(err.contains("nothing-here") && err.contains("not found"), "{err}");
+    let err = run_fail(
+        regfs()
+            .arg("convert-image")
+            .arg(&missing)
+            .arg(format!("{}/out:v1", reg.addr)),
+    );
+    assert!(
+        err.contains("nothing-here") && err.contains("not found"),
+        "{err}"
+    );
     let err = run_fail(regfs().args(["inspect", &missing]));
-    assert!(err.contains("nothing-here") && err.contains("not found"), "{err}");
+    assert!(
+        err.contains("nothing-here") && err.contains("not found"),
+        "{err}"
+    );
 
     // A loopback port nobody listens on.
     let dead = format!("127.0.0.1:{}", free_port());
@@ -510,14 +777,25 @@ fn basic_auth_registry_with_docker_config_credentials() {
     let reg = Registry::start_basic_auth("regfs", "s3cret-pass");
     let layout = work.path().join("src-layout");
     let source_config = write_source_layout(&layout, "v1");
-    skopeo_push(&layout, "v1", &format!("{}/src:v1", reg.addr), Some("regfs:s3cret-pass"));
+    skopeo_push(
+        &layout,
+        "v1",
+        &format!("{}/src:v1", reg.addr),
+        Some("regfs:s3cret-pass"),
+    );
     let src = format!("{}/src:v1", reg.addr);
     let dst = format!("{}/dst:v1", reg.addr);
 
     // No credentials: refused, naming the host.
     let empty = work.path().join("no-docker-config");
     fs::create_dir_all(&empty).unwrap();
-    let err = run_fail(regfs().env("DOCKER_CONFIG", &empty).arg("convert-image").arg(&src).arg(&dst));
+    let err = run_fail(
+        regfs()
+            .env("DOCKER_CONFIG", &empty)
+            .arg("convert-image")
+            .arg(&src)
+            .arg(&dst),
+    );
     assert!(err.contains(&reg.addr), "{err}");
 
     let docker_config = work.path().join("docker-config");
@@ -529,10 +807,22 @@ fn basic_auth_registry_with_docker_config_credentials() {
         serde_json::to_vec(&json!({"auths": {reg.addr.clone(): {"auth": auth}}})).unwrap(),
     )
     .unwrap();
-    let out = run_ok(regfs().env("DOCKER_CONFIG", &docker_config).arg("convert-image").arg(&src).arg(&dst));
+    let out = run_ok(
+        regfs()
+            .env("DOCKER_CONFIG", &docker_config)
+            .arg("convert-image")
+            .arg(&src)
+            .arg(&dst),
+    );
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     let manifest = reg.manifest("dst", "v1");
-    check_converted(work.path(), &manifest, &|d| reg.blob("dst", d), &source_config, &summary);
+    check_converted(
+        work.path(),
+        &manifest,
+        &|d| reg.blob("dst", d),
+        &source_config,
+        &summary,
+    );
 }
 
 /// Writes a content-addressed chunk file into a cache dir (the chunk store's on-disk layout),
@@ -561,25 +851,39 @@ fn cache_du_and_gc_on_a_populated_cache() {
     let mut paths = Vec::new();
     for (i, size) in sizes.iter().enumerate() {
         // Oldest first: chunk 0 was used longest ago.
-        paths.push(put_chunk(&cache, &layers::noise(*size, i as u64 + 1), 1_700_000_000 + i as u64 * 100));
+        paths.push(put_chunk(
+            &cache,
+            &layers::noise(*size, i as u64 + 1),
+            1_700_000_000 + i as u64 * 100,
+        ));
     }
     let total: usize = sizes.iter().sum();
 
-    let du = |cmd: &mut Command| -> Value {
-        serde_json::from_slice(&run_ok(cmd).stdout).unwrap()
-    };
-    let v = du(regfs().args(["cache", "du", "--json", "--cache-dir"]).arg(&cache).env_remove("REGFS_CACHE_DIR"));
+    let du = |cmd: &mut Command| -> Value { serde_json::from_slice(&run_ok(cmd).stdout).unwrap() };
+    let v = du(regfs()
+        .args(["cache", "du", "--json", "--cache-dir"])
+        .arg(&cache)
+        .env_remove("REGFS_CACHE_DIR"));
     assert_eq!(v["chunks"], sizes.len());
     assert_eq!(v["bytes"], total);
     // The environment variable names the cache too.
-    let v = du(regfs().args(["cache", "du", "--json"]).env("REGFS_CACHE_DIR", &cache));
+    let v = du(regfs()
+        .args(["cache", "du", "--json"])
+        .env("REGFS_CACHE_DIR", &cache));
     assert_eq!(v["bytes"], total);
 
     // Trim to what the two newest chunks need: the two oldest go.
     let keep = sizes[2] + sizes[3];
     let out = run_ok(
         regfs()
-            .args(["cache", "gc", "--json", "--max-size", &keep.to_string(), "--cache-dir"])
+            .args([
+                "cache",
+                "gc",
+                "--json",
+                "--max-size",
+                &keep.to_string(),
+                "--cache-dir",
+            ])
             .arg(&cache),
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -587,7 +891,9 @@ fn cache_du_and_gc_on_a_populated_cache() {
     assert_eq!(v["freedBytes"], sizes[0] + sizes[1]);
     assert_eq!(v["bytes"], keep);
     assert!(!paths[0].exists() && !paths[1].exists() && paths[2].exists() && paths[3].exists());
-    let v = du(regfs().args(["cache", "du", "--json", "--cache-dir"]).arg(&cache));
+    let v = du(regfs()
+        .args(["cache", "du", "--json", "--cache-dir"])
+        .arg(&cache));
     assert_eq!(v["chunks"], 2);
 
     // A missing cache dir is an error, not an empty cache created on the spot.

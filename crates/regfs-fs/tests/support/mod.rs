@@ -59,7 +59,14 @@ impl LayerTar {
         self.append(LayerTar::header(tar::EntryType::Directory, mode), path, b"")
     }
 
-    pub fn dir_owned(&mut self, path: &str, mode: u32, uid: u64, gid: u64, mtime: u64) -> &mut Self {
+    pub fn dir_owned(
+        &mut self,
+        path: &str,
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        mtime: u64,
+    ) -> &mut Self {
         let mut h = LayerTar::header(tar::EntryType::Directory, mode);
         h.set_uid(uid);
         h.set_gid(gid);
@@ -71,7 +78,15 @@ impl LayerTar {
         self.file_with(path, data, 0o644, 0, 0, MTIME)
     }
 
-    pub fn file_with(&mut self, path: &str, data: &[u8], mode: u32, uid: u64, gid: u64, mtime: u64) -> &mut Self {
+    pub fn file_with(
+        &mut self,
+        path: &str,
+        data: &[u8],
+        mode: u32,
+        uid: u64,
+        gid: u64,
+        mtime: u64,
+    ) -> &mut Self {
         let mut h = LayerTar::header(tar::EntryType::Regular, mode);
         h.set_uid(uid);
         h.set_gid(gid);
@@ -92,7 +107,11 @@ impl LayerTar {
     }
 
     pub fn device(&mut self, path: &str, block: bool, major: u32, minor: u32) -> &mut Self {
-        let kind = if block { tar::EntryType::Block } else { tar::EntryType::Char };
+        let kind = if block {
+            tar::EntryType::Block
+        } else {
+            tar::EntryType::Char
+        };
         let mut h = LayerTar::header(kind, 0o600);
         h.set_device_major(major).expect("major");
         h.set_device_minor(minor).expect("minor");
@@ -104,7 +123,12 @@ impl LayerTar {
     }
 
     /// A regular file preceded by a PAX header carrying `SCHILY.xattr.*` records.
-    pub fn file_with_xattrs(&mut self, path: &str, data: &[u8], xattrs: &[(&str, &[u8])]) -> &mut Self {
+    pub fn file_with_xattrs(
+        &mut self,
+        path: &str,
+        data: &[u8],
+        xattrs: &[(&str, &[u8])],
+    ) -> &mut Self {
         let mut pax = Vec::new();
         for (k, v) in xattrs {
             let mut body = format!("SCHILY.xattr.{k}=").into_bytes();
@@ -124,7 +148,11 @@ impl LayerTar {
     }
 
     pub fn whiteout(&mut self, dir: &str, name: &str) -> &mut Self {
-        let path = if dir.is_empty() { format!(".wh.{name}") } else { format!("{dir}/.wh.{name}") };
+        let path = if dir.is_empty() {
+            format!(".wh.{name}")
+        } else {
+            format!("{dir}/.wh.{name}")
+        };
         self.file(&path, b"")
     }
 
@@ -167,7 +195,9 @@ pub struct LayerParts {
 pub fn layer_parts(blob: Vec<u8>, source: &mut MemorySource) -> LayerParts {
     let size = blob.len() as u64;
     let (toc, toc_offset) = match locate_toc(&blob, size).expect("locate toc") {
-        TocLocation::Parsed { toc, toc_offset, .. } => (toc, toc_offset),
+        TocLocation::Parsed {
+            toc, toc_offset, ..
+        } => (toc, toc_offset),
         TocLocation::NeedRange { .. } => panic!("the whole blob was given as the tail"),
     };
     let index = TocIndex::new(&toc, size).expect("index");
@@ -204,7 +234,10 @@ pub fn image_with_source(
     );
     let mut source = MemorySource::new();
     let raw: Vec<Bytes> = blobs.iter().map(|b| Bytes::from(b.clone())).collect();
-    let parts: Vec<LayerParts> = blobs.into_iter().map(|b| layer_parts(b, &mut source)).collect();
+    let parts: Vec<LayerParts> = blobs
+        .into_iter()
+        .map(|b| layer_parts(b, &mut source))
+        .collect();
     let source = wrap(source);
     let layers: Vec<FsLayer> = parts
         .into_iter()
@@ -246,7 +279,10 @@ pub fn require_tool(name: &str) {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
         .unwrap_or(false);
-    assert!(found, "required tool `{name}` is not installed (PATH has no {name})");
+    assert!(
+        found,
+        "required tool `{name}` is not installed (PATH has no {name})"
+    );
 }
 
 /// The oracle: extracts each layer with GNU tar into `dir`, applying the layer's whiteouts and
@@ -259,7 +295,10 @@ pub fn oracle_extract(tars: &[Vec<u8>], dir: &Path) {
         for entry in archive.entries().expect("entries") {
             let entry = entry.expect("entry");
             let path = entry.path().expect("path").into_owned();
-            let name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+            let name = path
+                .file_name()
+                .map(|n| n.to_os_string())
+                .unwrap_or_default();
             let parent = dir.join(path.parent().unwrap_or(Path::new("")));
             let name_bytes = name.as_bytes();
             if name_bytes == b".wh..wh..opq" {
@@ -283,15 +322,28 @@ pub fn oracle_extract(tars: &[Vec<u8>], dir: &Path) {
         let tar_path = dir.with_extension(format!("layer{i}.tar"));
         std::fs::write(&tar_path, t).expect("write layer tar");
         let out = Command::new("tar")
-                        // Whiteout files are never created (removing them afterwards would touch the
+            // Whiteout files are never created (removing them afterwards would touch the
             // directories' mtimes).
-            .args(["-x", "--exclude=.wh.*", "--xattrs", "--xattrs-include=*", "--same-owner", "--numeric-owner", "-p", "-f"])
+            .args([
+                "-x",
+                "--exclude=.wh.*",
+                "--xattrs",
+                "--xattrs-include=*",
+                "--same-owner",
+                "--numeric-owner",
+                "-p",
+                "-f",
+            ])
             .arg(&tar_path)
             .arg("-C")
             .arg(dir)
             .output()
             .expect("run tar");
-        assert!(out.status.success(), "tar -x failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tar -x failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::fs::remove_file(&tar_path).expect("remove layer tar");
     }
 }
@@ -344,11 +396,21 @@ pub fn real_xattrs(p: &Path) -> BTreeMap<OsString, Vec<u8>> {
     let n = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
     assert!(n >= 0, "llistxattr {}", p.display());
     let mut out = BTreeMap::new();
-    for name in names[..n as usize].split(|&b| b == 0).filter(|n| !n.is_empty()) {
+    for name in names[..n as usize]
+        .split(|&b| b == 0)
+        .filter(|n| !n.is_empty())
+    {
         let cname = CString::new(name).expect("name");
         let mut val = vec![0u8; 64 * 1024];
         // SAFETY: as above.
-        let m = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), val.as_mut_ptr().cast(), val.len()) };
+        let m = unsafe {
+            libc::lgetxattr(
+                c.as_ptr(),
+                cname.as_ptr(),
+                val.as_mut_ptr().cast(),
+                val.len(),
+            )
+        };
         assert!(m >= 0, "lgetxattr {}", p.display());
         val.truncate(m as usize);
         out.insert(OsStr::from_bytes(name).to_owned(), val);
@@ -369,9 +431,11 @@ pub fn observe_real(p: &Path) -> Observed {
         nlink: m.nlink(),
         mtime: m.mtime(),
         rdev: m.rdev(),
-        link: (kind == FileKind::Symlink).then(|| std::fs::read_link(p).expect("readlink").into_os_string()),
+        link: (kind == FileKind::Symlink)
+            .then(|| std::fs::read_link(p).expect("readlink").into_os_string()),
         xattrs: real_xattrs(p),
-        content_digest: (kind == FileKind::Reg).then(|| Digest::sha256(&std::fs::read(p).expect("read"))),
+        content_digest: (kind == FileKind::Reg)
+            .then(|| Digest::sha256(&std::fs::read(p).expect("read"))),
     }
 }
 
@@ -380,13 +444,19 @@ pub async fn observe_fs(fs: &ImageFs, ino: Ino) -> Observed {
     let a = fs.getattr(ino).expect("getattr");
     let mut xattrs = BTreeMap::new();
     for n in fs.listxattr(ino).expect("listxattr") {
-        xattrs.insert(n.to_owned(), fs.getxattr(ino, n).expect("getxattr").to_vec());
+        xattrs.insert(
+            n.to_owned(),
+            fs.getxattr(ino, n).expect("getxattr").to_vec(),
+        );
     }
     let content_digest = if a.kind == FileKind::Reg {
         fs.open(ino).expect("open");
         let mut data = Vec::new();
         while (data.len() as u64) < a.size {
-            let b = fs.read(ino, data.len() as u64, 128 * 1024).await.expect("read");
+            let b = fs
+                .read(ino, data.len() as u64, 128 * 1024)
+                .await
+                .expect("read");
             assert!(!b.is_empty(), "short read at {}", data.len());
             data.extend_from_slice(&b);
         }
@@ -426,7 +496,12 @@ pub async fn compare_with_oracle(fs: &ImageFs, dir: &Path) -> usize {
             .map(|e| e.expect("dirent").file_name())
             .collect();
         want.sort();
-        let got: Vec<OsString> = fs.readdir(ino).expect("readdir").into_iter().map(|e| e.name).collect();
+        let got: Vec<OsString> = fs
+            .readdir(ino)
+            .expect("readdir")
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
         assert_eq!(got, want, "entries of {}", real.display());
         for name in want {
             let path = real.join(&name);
@@ -460,8 +535,14 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 pub fn require_fuse() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "FUSE mount tests need root (run them as root, as CI does)");
-    assert!(Path::new("/dev/fuse").exists(), "FUSE mount tests need /dev/fuse (modprobe fuse)");
+    assert_eq!(
+        euid, 0,
+        "FUSE mount tests need root (run them as root, as CI does)"
+    );
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "FUSE mount tests need /dev/fuse (modprobe fuse)"
+    );
 }
 
 /// Compares two real trees (the oracle and a mount) entry by entry; returns the count.
@@ -500,9 +581,20 @@ pub fn three_layers() -> Vec<Vec<u8>> {
     let mut l0 = LayerTar::new();
     l0.dir("etc", 0o755)
         .file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
-        .file_with("etc/hosts", b"127.0.0.1 localhost\n", 0o644, 0, 0, MTIME - 100)
+        .file_with(
+            "etc/hosts",
+            b"127.0.0.1 localhost\n",
+            0o644,
+            0,
+            0,
+            MTIME - 100,
+        )
         .hardlink("etc/hosts.link", "etc/hosts")
-        .file_with_xattrs("etc/x", b"xattrs", &[("user.a", b"1"), ("user.bin", b"\x00\x01\xff")])
+        .file_with_xattrs(
+            "etc/x",
+            b"xattrs",
+            &[("user.a", b"1"), ("user.bin", b"\x00\x01\xff")],
+        )
         .dir("usr", 0o755)
         .dir("usr/bin", 0o755)
         .file_with("usr/bin/tool", &pattern(5000, 1), 0o4755, 0, 0, MTIME)
@@ -534,7 +626,14 @@ pub fn three_layers() -> Vec<Vec<u8>> {
     // Upper layer: whiteouts, an opaque dir, replaced files, type changes.
     let mut l1 = LayerTar::new();
     l1.dir("etc", 0o755)
-        .file_with("etc/passwd", b"root:x:0:0::/root:/bin/bash\nuser:x:1000:1000::/home:/bin/sh\n", 0o640, 1000, 1000, MTIME + 10)
+        .file_with(
+            "etc/passwd",
+            b"root:x:0:0::/root:/bin/bash\nuser:x:1000:1000::/home:/bin/sh\n",
+            0o640,
+            1000,
+            1000,
+            MTIME + 10,
+        )
         .whiteout("etc", "hosts.link")
         .dir("var", 0o755)
         .whiteout("var", "gone")
@@ -550,10 +649,12 @@ pub fn three_layers() -> Vec<Vec<u8>> {
     let mut l2 = LayerTar::new();
     l2.dir_owned("usr", 0o755, 0, 0, MTIME + 20)
         .dir_owned("usr/bin", 0o700, 0, 0, MTIME + 20)
-        .file("usr/bin/new", &pattern(2 * THREE_LAYERS_CHUNK as usize + 17, 3))
+        .file(
+            "usr/bin/new",
+            &pattern(2 * THREE_LAYERS_CHUNK as usize + 17, 3),
+        )
         .whiteout("", "home")
         .dir_owned("home", 0o755, 0, 0, MTIME + 30)
         .file("home/fresh", b"fresh");
     vec![l0.finish(), l1.finish(), l2.finish()]
 }
-

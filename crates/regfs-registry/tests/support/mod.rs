@@ -115,6 +115,19 @@ impl Registry {
 
     /// With `tls = Some((cert, key))` the registry serves HTTPS only.
     pub async fn start_with(auth: Auth, tls: Option<(PathBuf, PathBuf)>) -> Registry {
+        Registry::start_full(auth, tls, None).await
+    }
+
+    /// HTTPS that demands a client certificate issued by (here: equal to) `client_ca`.
+    pub async fn start_mtls(cert: PathBuf, key: PathBuf, client_ca: PathBuf) -> Registry {
+        Registry::start_full(Auth::Anonymous, Some((cert, key)), Some(client_ca)).await
+    }
+
+    async fn start_full(
+        auth: Auth,
+        tls: Option<(PathBuf, PathBuf)>,
+        client_ca: Option<PathBuf>,
+    ) -> Registry {
         require_tool("docker-registry", "docker-registry");
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -146,11 +159,17 @@ impl Registry {
             ),
         };
         let tls_yaml = match &tls {
-            Some((c, k)) => format!(
-                "  tls:\n    certificate: {}\n    key: {}\n",
-                c.display(),
-                k.display()
-            ),
+            Some((c, k)) => {
+                let mut y = format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    c.display(),
+                    k.display()
+                );
+                if let Some(ca) = &client_ca {
+                    y.push_str(&format!("    clientcas:\n      - {}\n", ca.display()));
+                }
+                y
+            }
             None => String::new(),
         };
         let config = format!(
@@ -168,11 +187,13 @@ impl Registry {
             .spawn()
             .expect("starting docker-registry");
         let reg = Registry { host, child, dir };
-        reg.wait_ready(tls.is_some()).await;
+        reg.wait_ready(tls.is_some(), client_ca.is_some()).await;
         reg
     }
 
-    async fn wait_ready(&self, tls: bool) {
+    /// Ready when `/v2/` answers over HTTP(S); with mTLS (this probe has no client certificate)
+    /// when the port accepts connections.
+    async fn wait_ready(&self, tls: bool, mtls: bool) {
         let http = reqwest::Client::builder()
             .no_proxy()
             .tls_danger_accept_invalid_certs(true)
@@ -180,7 +201,11 @@ impl Registry {
             .unwrap();
         let scheme = if tls { "https" } else { "http" };
         for _ in 0..STARTUP_POLLS {
-            if http
+            if mtls {
+                if tokio::net::TcpStream::connect(&self.host).await.is_ok() {
+                    return;
+                }
+            } else if http
                 .get(format!("{scheme}://{}/v2/", self.host))
                 .send()
                 .await

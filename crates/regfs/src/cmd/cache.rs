@@ -50,7 +50,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !dir.is_dir() {
         bail!("no cache directory at {}", dir.display());
     }
-    let store = ChunkStore::open(&dir, None).with_context(|| format!("opening the cache {}", dir.display()))?;
+    let store = ChunkStore::open(&dir, None)
+        .with_context(|| format!("opening the cache {}", dir.display()))?;
     match args.action {
         Action::Du => {
             let usage = store.du();

@@ -26,8 +26,9 @@ pub struct Args {
     /// Uncompressed bytes per chunk (a gzip member each).
     #[arg(long, default_value_t = DEFAULT_CHUNK_SIZE)]
     chunk_size: u64,
-    /// Gzip level 1-9 (default: the format crate's default, 9 as the reference).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=9))]
+    /// Gzip level 1-12 (libdeflate; default 6; 9 = the reference's default, 10-12 smaller
+    /// and slower).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=12))]
     level: Option<u32>,
     /// File listing the paths to put first (one per line), e.g. from a startup trace.
     #[arg(long)]

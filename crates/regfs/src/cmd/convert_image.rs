@@ -29,14 +29,15 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use regfs_estargz::{ConvertOptions, Digest, FOOTER_SIZE, parse_footer};
-use regfs_registry::{Client, Reference};
+use regfs_registry::{Client, MEDIA_TYPE_OCI_MANIFEST as OCI_MANIFEST, Reference};
 use serde_json::json;
 
 use super::inspect_ref::{
-    PREFETCH_SIZE_ANNOTATION, TOC_DIGEST_ANNOTATION, TOC_OFFSET_ANNOTATION, UNCOMPRESSED_SIZE_ANNOTATION,
+    PREFETCH_SIZE_ANNOTATION, TOC_DIGEST_ANNOTATION, TOC_OFFSET_ANNOTATION,
+    UNCOMPRESSED_SIZE_ANNOTATION,
 };
 use crate::layer_convert::{ConvertedLayer, convert_layer};
-use crate::oci_layout::{self, Descriptor, ManifestBody, OCI_MANIFEST, OciLayout};
+use crate::oci_layout::{self, Descriptor, ManifestBody, OciLayout};
 use crate::registry_args::RegistryArgs;
 
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
@@ -89,7 +90,10 @@ impl Location {
         if let Some((dir, tag)) = oci_layout::parse_location(s) {
             return Ok(Location::Layout { dir, tag });
         }
-        Ok(Location::Registry(s.parse().with_context(|| format!("image reference {s:?}"))?))
+        Ok(Location::Registry(
+            s.parse()
+                .with_context(|| format!("image reference {s:?}"))?,
+        ))
     }
 }
 
@@ -200,7 +204,11 @@ fn execute(plan: Plan) -> anyhow::Result<ExitCode> {
     let src = Location::parse(&plan.src)?;
     let dst = Location::parse(&plan.dst)?;
     let client = plan.registry.client()?;
-    let platform = plan.registry.platform.clone().unwrap_or_else(regfs_registry::Platform::host);
+    let platform = plan
+        .registry
+        .platform
+        .clone()
+        .unwrap_or_else(regfs_registry::Platform::host);
     let tmp_dir = plan.tmp_dir.clone().unwrap_or_else(std::env::temp_dir);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -273,9 +281,17 @@ async fn convert_image(job: &Arc<Job>) -> anyhow::Result<serde_json::Value> {
     let src_manifest: serde_json::Value = serde_json::from_slice(&job.src.manifest_bytes)?;
     let mut config: serde_json::Value =
         serde_json::from_slice(&job.src.config_bytes).context("parsing the source image config")?;
+    // Checked so that the rewrite below cannot index into a non-object (serde_json would panic).
+    if !config["rootfs"].is_object() {
+        bail!("the source image config has no rootfs object");
+    }
     let src_diff_ids: Vec<String> = config["rootfs"]["diff_ids"]
         .as_array()
-        .map(|a| a.iter().filter_map(|d| d.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|d| d.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default();
     if src_diff_ids.len() != job.src.manifest.layers.len() {
         bail!(
@@ -298,7 +314,8 @@ async fn convert_image(job: &Arc<Job>) -> anyhow::Result<serde_json::Value> {
     });
     let layers: Vec<LayerOut> = futures::future::try_join_all(tasks).await?;
 
-    config["rootfs"]["diff_ids"] = json!(layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>());
+    config["rootfs"]["diff_ids"] =
+        json!(layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>());
     let config_bytes = serde_json::to_vec(&config)?;
     let config_digest = Digest::sha256(&config_bytes);
     push_bytes(job, &config_digest, Bytes::from(config_bytes.clone())).await?;
@@ -331,13 +348,20 @@ async fn convert_image(job: &Arc<Job>) -> anyhow::Result<serde_json::Value> {
 }
 
 /// Converts (or keeps) layer `i` and puts its blob into the destination.
-async fn layer(job: &Arc<Job>, i: usize, desc: Descriptor, diff_id: String) -> anyhow::Result<LayerOut> {
+async fn layer(
+    job: &Arc<Job>,
+    i: usize,
+    desc: Descriptor,
+    diff_id: String,
+) -> anyhow::Result<LayerOut> {
     let digest = desc.digest()?;
     let bar = job.bars.as_ref().map(|m| {
         let bar = m.add(indicatif::ProgressBar::new(0));
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{prefix} {msg:10} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "{prefix} {msg:10} {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar.set_prefix(format!("layer {i} {}", &digest.hex()[..12]));
         bar
@@ -405,12 +429,18 @@ async fn layer(job: &Arc<Job>, i: usize, desc: Descriptor, diff_id: String) -> a
     }
 
     let mut annotations = BTreeMap::new();
-    annotations.insert(TOC_DIGEST_ANNOTATION.to_owned(), converted.toc_digest.to_string());
+    annotations.insert(
+        TOC_DIGEST_ANNOTATION.to_owned(),
+        converted.toc_digest.to_string(),
+    );
     annotations.insert(
         UNCOMPRESSED_SIZE_ANNOTATION.to_owned(),
         converted.uncompressed_size.to_string(),
     );
-    annotations.insert(TOC_OFFSET_ANNOTATION.to_owned(), converted.toc_offset.to_string());
+    annotations.insert(
+        TOC_OFFSET_ANNOTATION.to_owned(),
+        converted.toc_offset.to_string(),
+    );
     if let Some(p) = converted.prefetch_size {
         annotations.insert(PREFETCH_SIZE_ANNOTATION.to_owned(), p.to_string());
     }
@@ -431,15 +461,24 @@ async fn layer(job: &Arc<Job>, i: usize, desc: Descriptor, diff_id: String) -> a
 }
 
 /// The TOC offset if the source blob ends in an eStargz footer.
-async fn estargz_footer(job: &Job, desc: &Descriptor, digest: &Digest) -> anyhow::Result<Option<u64>> {
+async fn estargz_footer(
+    job: &Job,
+    desc: &Descriptor,
+    digest: &Digest,
+) -> anyhow::Result<Option<u64>> {
     let size = desc.size;
     let start = size.saturating_sub(FOOTER_SIZE as u64);
     let tail = match (&job.src.location, &job.src.layout) {
-        (Location::Registry(r), _) => job.client.read_range(r, digest, start..size).await?.to_vec(),
+        (Location::Registry(r), _) => job
+            .client
+            .read_range(r, digest, start..size)
+            .await?
+            .to_vec(),
         (_, Some(layout)) => {
             use std::io::{Read, Seek, SeekFrom};
             let path = layout.blob_path(digest);
-            let mut f = std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+            let mut f = std::fs::File::open(&path)
+                .with_context(|| format!("opening {}", path.display()))?;
             f.seek(SeekFrom::Start(start))?;
             let mut tail = Vec::new();
             f.take(FOOTER_SIZE as u64).read_to_end(&mut tail)?;
@@ -452,7 +491,10 @@ async fn estargz_footer(job: &Job, desc: &Descriptor, digest: &Digest) -> anyhow
 
 /// A local file with the source blob: the layout's own file, or a verified download into a
 /// temp file (returned too, so that it lives as long as the path is used).
-async fn fetch_to_file(job: &Job, digest: &Digest) -> anyhow::Result<(PathBuf, Option<tempfile::TempPath>)> {
+async fn fetch_to_file(
+    job: &Job,
+    digest: &Digest,
+) -> anyhow::Result<(PathBuf, Option<tempfile::TempPath>)> {
     match (&job.src.location, &job.src.layout) {
         (Location::Registry(r), _) => {
             let tmp = tempfile::NamedTempFile::new_in(&job.tmp_dir)
@@ -493,7 +535,10 @@ async fn copy_blob(job: &Job, desc: &Descriptor, digest: &Digest) -> anyhow::Res
     let (path, _tmp) = fetch_to_file(job, digest).await?;
     let size = std::fs::metadata(&path)?.len();
     if size != desc.size {
-        bail!("blob {digest} has {size} bytes, the manifest says {}", desc.size);
+        bail!(
+            "blob {digest} has {size} bytes, the manifest says {}",
+            desc.size
+        );
     }
     put_file(job, digest, &path).await
 }
@@ -502,10 +547,12 @@ async fn copy_blob(job: &Job, desc: &Descriptor, digest: &Digest) -> anyhow::Res
 async fn put_file(job: &Job, digest: &Digest, path: &Path) -> anyhow::Result<()> {
     match (&job.dst, &job.dst_layout) {
         (Location::Registry(r), _) => {
-            let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let file =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
             // SAFETY: the file is our own temp file or a layout blob named by its digest; the
             // client re-hashes the bytes before pushing, so a concurrent change is caught.
-            let map = unsafe { memmap2::Mmap::map(&file) }.with_context(|| format!("mapping {}", path.display()))?;
+            let map = unsafe { memmap2::Mmap::map(&file) }
+                .with_context(|| format!("mapping {}", path.display()))?;
             job.client
                 .push_blob(r, digest, Bytes::from_owner(map))
                 .await
@@ -577,4 +624,3 @@ fn read_prioritized(path: &Path) -> anyhow::Result<Vec<String>> {
         .map(str::to_owned)
         .collect())
 }
-

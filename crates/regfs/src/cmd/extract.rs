@@ -11,7 +11,12 @@
 //!    the whole-file digest checked, owner/mode/xattrs/mtime set on the open fd, then renamed:
 //!    a file with wrong content never appears under its name;
 //! 3. hardlinks last (a TOC may name a link before its target);
-//! 4. directory mtimes last, deepest first, since creating children changes them.
+//! 4. directory mtimes last, in TOC order (a later duplicate entry wins), since creating
+//!    children changes them.
+//!
+//! Names are the TOC's: a non-UTF-8 tar name reaches the TOC (a JSON string) with U+FFFD in
+//! place of each invalid byte, as the reference writer does, so it is created that way here and
+//! in a lazy mount alike; mtimes have the TOC's whole-second precision.
 
 use std::ffi::{CStr, CString};
 use std::fs::File;
@@ -21,10 +26,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use regfs_estargz::{Digest, DigestWriter, EntryId, EntryKind, IndexEntry, Reader};
+use regfs_estargz::{
+    Digest, DigestWriter, EntryId, EntryKind, IndexEntry, NO_PREFETCH_LANDMARK, PREFETCH_LANDMARK,
+    Reader,
+};
 
 /// Root-level names that are layer metadata, not layer content (spec §3).
-const LANDMARKS: [&str; 2] = [".prefetch.landmark", ".no.prefetch.landmark"];
+const LANDMARKS: [&str; 2] = [PREFETCH_LANDMARK, NO_PREFETCH_LANDMARK];
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -103,7 +111,7 @@ impl Extraction<'_> {
             self.hardlink(item, &target.name)
                 .with_context(|| format!("linking {:?} to {:?}", item.name, item.link_name))?;
         }
-        for (name, mtime) in self.dir_times.iter().rev() {
+        for (name, mtime) in &self.dir_times {
             let (parent, base) = self.parent_of(name)?;
             match &base {
                 None => set_times_fd(self.root.as_fd(), *mtime),

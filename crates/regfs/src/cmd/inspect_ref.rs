@@ -21,7 +21,9 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use regfs_estargz::{Digest, NO_PREFETCH_LANDMARK, TocLocation, clean_name, locate_toc, parse_toc_member};
+use regfs_estargz::{
+    Digest, NO_PREFETCH_LANDMARK, TocLocation, clean_name, locate_toc, parse_toc_member,
+};
 use regfs_registry::{Client, Reference};
 use serde_json::json;
 
@@ -42,12 +44,20 @@ pub const PREFETCH_SIZE_ANNOTATION: &str = "io.regfs.estargz.prefetch-size";
 const MIN_TAIL: u64 = 64 * 1024;
 /// Largest tail read without a hint; a TOC past this costs a second, exact read instead.
 const MAX_TAIL: u64 = 8 << 20;
+/// Largest TOC member read: TOC JSON compresses about 8x, so 64 MiB holds a TOC at the format
+/// crate's 512 MiB limit, while a hostile hint or footer cannot make us buffer a whole big blob.
+const MAX_TOC_READ: u64 = 64 << 20;
 /// Tail share of the blob read without a hint: compressed TOCs run at 1–3 % of their layer, so a
 /// 1/32 tail holds the TOC most of the time at a modest over-read.
 const TAIL_DIVISOR: u64 = 32;
 
 /// `regfs inspect REF [--json] [--toc]` for a registry reference.
-pub fn run(reference: &str, json: bool, toc: bool, registry: &RegistryArgs) -> anyhow::Result<ExitCode> {
+pub fn run(
+    reference: &str,
+    json: bool,
+    toc: bool,
+    registry: &RegistryArgs,
+) -> anyhow::Result<ExitCode> {
     let reference: Reference = reference.parse()?;
     let client = registry.client()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -69,7 +79,11 @@ pub fn run(reference: &str, json: bool, toc: bool, registry: &RegistryArgs) -> a
         );
     }
     // A TOC that contradicts its annotation is an image problem the caller must notice.
-    if report.layers.iter().any(|l| l.toc.as_ref().is_some_and(|t| t.verified == Some(false))) {
+    if report
+        .layers
+        .iter()
+        .any(|l| l.toc.as_ref().is_some_and(|t| t.verified == Some(false)))
+    {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -110,7 +124,11 @@ impl LayerReport {
     }
 }
 
-async fn inspect(client: &Client, reference: &Reference, want_toc: bool) -> anyhow::Result<ImageReport> {
+async fn inspect(
+    client: &Client,
+    reference: &Reference,
+    want_toc: bool,
+) -> anyhow::Result<ImageReport> {
     let image = client
         .resolve(reference)
         .await
@@ -152,7 +170,7 @@ fn first_read(desc: &Descriptor) -> u64 {
         .annotations
         .get(TOC_OFFSET_ANNOTATION)
         .and_then(|s| s.parse::<u64>().ok())
-        .filter(|&off| off < size)
+        .filter(|&off| off < size && size - off <= MAX_TOC_READ)
     {
         return off;
     }
@@ -196,12 +214,25 @@ async fn read_toc_into(
         .await
         .with_context(|| format!("reading bytes {start}..{size} of {digest}"))?;
     if tail.len() as u64 != size - start {
-        anyhow::bail!("registry returned {} bytes for {start}..{size} of {digest}", tail.len());
+        anyhow::bail!(
+            "registry returned {} bytes for {start}..{size} of {digest}",
+            tail.len()
+        );
     }
     let (toc, toc_digest, toc_offset) = match locate_toc(&tail, size)? {
-        TocLocation::Parsed { toc, digest, toc_offset, .. } => (toc, digest, toc_offset),
+        TocLocation::Parsed {
+            toc,
+            digest,
+            toc_offset,
+            ..
+        } => (toc, digest, toc_offset),
         TocLocation::NeedRange { start, end } => {
             report.footer = true;
+            if end.saturating_sub(start) > MAX_TOC_READ {
+                anyhow::bail!(
+                    "the TOC member at {start}..{end} of {digest} is larger than the {MAX_TOC_READ}-byte limit"
+                );
+            }
             report.reads += 1;
             let member = client
                 .read_range(image, &digest, start..end)
@@ -272,7 +303,10 @@ impl ImageReport {
 
     fn print_text(&self) {
         println!("reference     {}", self.reference);
-        println!("manifest      {} ({})", self.manifest_digest, self.media_type);
+        println!(
+            "manifest      {} ({})",
+            self.manifest_digest, self.media_type
+        );
         println!("config        {}", self.config_digest);
         println!("platform      {}", self.platform);
         println!("layers        {}", self.layers.len());
@@ -351,5 +385,7 @@ mod tests {
         assert_eq!(first_read(&desc(1 << 30, Some("12345"))), 12345);
         assert_eq!(first_read(&desc(1000, Some("5000"))), 0);
         assert_eq!(first_read(&desc(1000, Some("junk"))), 0);
+        // A hint asking for more than a TOC can be falls back to the tail rule.
+        assert_eq!(first_read(&desc(1 << 30, Some("0"))), (1 << 30) - MAX_TAIL);
     }
 }

@@ -172,6 +172,7 @@ pub fn run_recorded(
                 ..Default::default()
             },
         )?;
+        tracing::debug!("mounted");
         let spec = container_spec(args, &image, mnt.path().to_owned(), command)?;
         if spec.args.is_empty() {
             anyhow::bail!("no command given and image {reference} has no Entrypoint or Cmd");
@@ -209,6 +210,7 @@ pub fn run_recorded(
         } else {
             Vec::new()
         };
+        tracing::debug!("workload done");
         let registry = image.client.stats();
         let report = RunReport {
             open_ms: image.open_time.as_millis(),

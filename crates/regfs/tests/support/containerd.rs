@@ -24,7 +24,8 @@ pub struct Containerd {
 impl Containerd {
     pub fn start() -> Containerd {
         super::oracle::require_root();
-        let bin = which("containerd").expect("the test needs `containerd` (apt-get install containerd)");
+        let bin =
+            which("containerd").expect("the test needs `containerd` (apt-get install containerd)");
         which("runc").expect("the test needs `runc` (apt-get install runc)");
         which("ctr").expect("the test needs `ctr` (apt-get install containerd)");
         // A short path: the socket path must fit in sun_path (108 bytes).
@@ -72,8 +73,17 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             _dir: dir,
         };
         let deadline = Instant::now() + STARTUP_LIMIT;
-        while !(c.socket.exists() && c.ctr().arg("version").output().is_ok_and(|o| o.status.success())) {
-            assert!(Instant::now() < deadline, "containerd did not come up on {}", c.socket.display());
+        while !(c.socket.exists()
+            && c.ctr()
+                .arg("version")
+                .output()
+                .is_ok_and(|o| o.status.success()))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not come up on {}",
+                c.socket.display()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         c
@@ -82,14 +92,20 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     /// `ctr --address SOCK --namespace NAMESPACE`.
     pub fn ctr(&self) -> Command {
         let mut cmd = Command::new("ctr");
-        cmd.arg("--address").arg(&self.socket).arg("--namespace").arg(NAMESPACE);
+        cmd.arg("--address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(NAMESPACE);
         cmd
     }
 
     /// `ctr images pull --plain-http REF`.
     #[track_caller]
     pub fn pull(&self, reference: &str) {
-        super::run_ok(self.ctr().args(["images", "pull", "--plain-http", reference]));
+        super::run_ok(
+            self.ctr()
+                .args(["images", "pull", "--plain-http", reference]),
+        );
     }
 
     /// `ctr run --rm REF ID ARGS..`, returning its output.

@@ -182,8 +182,8 @@ pub fn umoci_layer() -> Vec<u8> {
 }
 
 /// A layer as `docker save` writes it: every name under `./`, with an explicit `./` root entry
-/// (unusual mode and owner, so that applying it to DIR is visible) and a duplicate name whose
-/// later entry wins.
+/// (unusual mode and owner, so that applying it to DIR is visible), and duplicate file and
+/// directory entries whose later entry wins.
 pub fn dot_slash_layer() -> Vec<u8> {
     let mut l = LayerBuilder::new();
     l.raw_name_entry(b"./", EntryType::Directory, 0o750, (0, 7), b"");
@@ -210,6 +210,8 @@ pub fn dot_slash_layer() -> Vec<u8> {
         (0, 0),
         &noise(100_000, 11),
     );
+    // A second entry for a directory: its mode and mtime replace the first one's.
+    l.raw_name_entry(b"./etc/", EntryType::Directory, 0o700, (0, 0), b"");
     l.finish()
 }
 

@@ -59,7 +59,11 @@ impl Registry {
                 .args(["-Bbn", user, password])
                 .output()
                 .expect("the test needs `htpasswd` (apt-get install apache2-utils)");
-            assert!(out.status.success(), "htpasswd failed: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "htpasswd failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let htpasswd = dir.path().join("htpasswd");
             std::fs::write(&htpasswd, &out.stdout).expect("write htpasswd");
             config.push_str(&format!(
@@ -87,10 +91,17 @@ impl Registry {
         let deadline = Instant::now() + STARTUP_LIMIT;
         loop {
             if let Ok((status, _)) = reg.try_get("/v2/", None) {
-                assert!(matches!(status, 200 | 401), "registry /v2/ answered {status}");
+                assert!(
+                    matches!(status, 200 | 401),
+                    "registry /v2/ answered {status}"
+                );
                 break;
             }
-            assert!(Instant::now() < deadline, "docker-registry did not start on {}", reg.addr);
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not start on {}",
+                reg.addr
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         reg
@@ -136,14 +147,24 @@ impl Registry {
     pub fn manifest(&self, repo: &str, reference: &str) -> Vec<u8> {
         let accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json, application/vnd.oci.image.index.v1+json";
         let (status, body) = self.get(&format!("/v2/{repo}/manifests/{reference}"), Some(accept));
-        assert_eq!(status, 200, "manifest {repo}:{reference}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            status,
+            200,
+            "manifest {repo}:{reference}: {}",
+            String::from_utf8_lossy(&body)
+        );
         body
     }
 
     /// Blob `digest` of `repo`.
     pub fn blob(&self, repo: &str, digest: &str) -> Vec<u8> {
         let (status, body) = self.get(&format!("/v2/{repo}/blobs/{digest}"), None);
-        assert_eq!(status, 200, "blob {repo}@{digest}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            status,
+            200,
+            "blob {repo}@{digest}: {}",
+            String::from_utf8_lossy(&body)
+        );
         body
     }
 }
@@ -167,5 +188,6 @@ pub fn which(tool: &str) -> Option<PathBuf> {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    p.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
