@@ -44,6 +44,10 @@ use crate::{BlobSource, ChunkStore, Error, RequestSource};
 /// twice the largest chunk is generous and still bounds what a hostile TOC can make us download.
 pub const MAX_MEMBER_BYTES: u64 = 2 * MAX_CHUNK_SIZE;
 
+/// How often one read looks for a chunk in the store before it claims it for fetching: each
+/// extra round only happens when eviction deleted the chunk between two looks.
+const MAX_STORE_ROUNDS: usize = 3;
+
 /// One layer blob as the cache needs it.
 #[derive(Clone)]
 pub struct LayerBlob {
@@ -194,8 +198,11 @@ impl Drop for OnDemandGuard {
     }
 }
 
+/// One planned request: its ranges, its boost signal, and the chunks it will publish.
+type PlannedRequest = (Vec<Range<u64>>, Arc<Notify>, Vec<Claim>);
+
 /// A claimed chunk: the fetch task owns it and must publish a result. Dropping it without one
-/// publishes [`Error::Abandoned`]; dropping it always removes the in-flight entry.
+/// publishes [`Error::Abandoned`].
 struct Claim {
     cache: Arc<CacheInner>,
     key: ChunkKey,
@@ -206,6 +213,22 @@ struct Claim {
 
 impl Claim {
     fn finish(self, result: Result<Bytes, Error>) {
+        self.publish(result);
+    }
+
+    /// Leaves the in-flight map first, then answers the waiters: a reader arriving in between
+    /// finds the chunk in the store (stored before this call) or claims it anew, and never joins
+    /// a fetch that already failed.
+    fn publish(&self, result: Result<Bytes, Error>) {
+        {
+            let mut flights = self.cache.flights();
+            if flights
+                .get(&self.key)
+                .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+            {
+                flights.remove(&self.key);
+            }
+        }
         self.flight.tx.send_replace(Some(result));
     }
 }
@@ -213,17 +236,10 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         if self.flight.tx.borrow().is_none() {
-            self.flight.tx.send_replace(Some(Err(Error::Abandoned {
+            self.publish(Err(Error::Abandoned {
                 layer: self.flight.layer,
                 offset: self.chunk.offset,
-            })));
-        }
-        let mut flights = self.cache.flights();
-        if flights
-            .get(&self.key)
-            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
-        {
-            flights.remove(&self.key);
+            }));
         }
     }
 }
@@ -346,9 +362,7 @@ impl LayerHandle {
 
     /// Whether the chunk is in the store now.
     pub fn is_cached(&self, chunk: &Chunk) -> bool {
-        chunk
-            .digest
-            .is_some_and(|d| self.cache.store.contains(&d))
+        chunk.digest.is_some_and(|d| self.cache.store.contains(&d))
     }
 
     /// This handle's counters.
@@ -451,95 +465,91 @@ impl LayerHandle {
             .then(|| OnDemandGuard::new(&self.cache));
 
         // Join or claim every chunk not found in the store, all under the in-flight lock so
-        // that two calls never claim the same chunk.
-        let mut requests: Vec<(Vec<Range<u64>>, Arc<Notify>, Vec<Claim>)> = Vec::new();
-        let mut recheck = Vec::new();
-        {
-            let mut flights = self.cache.flights();
-            let mut to_claim = Vec::new();
-            for (s, (key, _)) in unique.iter().enumerate() {
-                if plans[s].is_some() {
-                    continue;
-                }
-                if let Some(f) = flights.get(key) {
-                    counters.joined.fetch_add(1, Ordering::Relaxed);
-                    if f.layer != me {
-                        counters.dedup_hits.fetch_add(1, Ordering::Relaxed);
+        // that two calls never claim the same chunk. A chunk that appeared in the store meanwhile
+        // is read from there; if eviction removes it again before we read it, go around again
+        // (and claim it regardless on the last round).
+        for round in 0..=MAX_STORE_ROUNDS {
+            let mut requests: Vec<PlannedRequest> = Vec::new();
+            let mut recheck = false;
+            {
+                let mut flights = self.cache.flights();
+                let mut to_claim = Vec::new();
+                for (s, (key, _)) in unique.iter().enumerate() {
+                    if plans[s].is_some() {
+                        continue;
                     }
-                    if src == RequestSource::OnDemand {
-                        f.boost.notify_one();
+                    if let Some(f) = flights.get(key) {
+                        counters.joined.fetch_add(1, Ordering::Relaxed);
+                        if f.layer != me {
+                            counters.dedup_hits.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if src == RequestSource::OnDemand {
+                            f.boost.notify_one();
+                        }
+                        plans[s] = Some(Plan::Wait(f.tx.subscribe()));
+                        continue;
                     }
-                    plans[s] = Some(Plan::Wait(f.tx.subscribe()));
-                    continue;
+                    // A fetch that finished since `read_hits` stored the chunk before leaving the map.
+                    if let ChunkKey::Verified(d) = key
+                        && round < MAX_STORE_ROUNDS
+                        && self.cache.store.contains(d)
+                    {
+                        recheck = true;
+                        continue;
+                    }
+                    to_claim.push(s);
                 }
-                // A fetch that finished since `read_hits` stored the chunk before leaving the map.
-                if let ChunkKey::Verified(d) = key
-                    && self.cache.store.contains(d)
-                {
-                    recheck.push(s);
-                    continue;
+                let members: Vec<Range<u64>> = to_claim
+                    .iter()
+                    .map(|&s| checked[unique[s].1].0.clone())
+                    .collect();
+                for request in planner::plan(&members, &self.cache.cfg) {
+                    requests.push((request.ranges, Arc::new(Notify::new()), Vec::new()));
                 }
-                to_claim.push(s);
-            }
-            let members: Vec<Range<u64>> = to_claim
-                .iter()
-                .map(|&s| checked[unique[s].1].0.clone())
-                .collect();
-            for request in planner::plan(&members, &self.cache.cfg) {
-                requests.push((request.ranges, Arc::new(Notify::new()), Vec::new()));
-            }
-            for &s in &to_claim {
-                let (key, i) = &unique[s];
-                let member = checked[*i].0.clone();
-                // The planner covers every member, so a request is always found.
-                let Some((_, boost, claims)) = requests.iter_mut().find(|(ranges, _, _)| {
-                    ranges
-                        .iter()
-                        .any(|r| r.start <= member.start && member.end <= r.end)
-                }) else {
-                    return Err(Error::Abandoned {
+                for &s in &to_claim {
+                    let (key, i) = &unique[s];
+                    let member = checked[*i].0.clone();
+                    // The planner covers every member, so a request is always found.
+                    let Some((_, boost, claims)) = requests.iter_mut().find(|(ranges, _, _)| {
+                        ranges
+                            .iter()
+                            .any(|r| r.start <= member.start && member.end <= r.end)
+                    }) else {
+                        return Err(Error::Abandoned {
+                            layer: me,
+                            offset: chunks[*i].offset,
+                        });
+                    };
+                    let flight = Arc::new(Flight {
+                        tx: watch::Sender::new(None),
+                        boost: boost.clone(),
                         layer: me,
-                        offset: chunks[*i].offset,
                     });
-                };
-                let flight = Arc::new(Flight {
-                    tx: watch::Sender::new(None),
-                    boost: boost.clone(),
-                    layer: me,
-                });
-                flights.insert(key.clone(), flight.clone());
-                plans[s] = Some(Plan::Wait(flight.tx.subscribe()));
-                counters.misses.fetch_add(1, Ordering::Relaxed);
-                claims.push(Claim {
-                    cache: self.cache.clone(),
-                    key: key.clone(),
-                    flight,
-                    chunk: chunks[*i].clone(),
-                    member,
+                    flights.insert(key.clone(), flight.clone());
+                    plans[s] = Some(Plan::Wait(flight.tx.subscribe()));
+                    counters.misses.fetch_add(1, Ordering::Relaxed);
+                    claims.push(Claim {
+                        cache: self.cache.clone(),
+                        key: key.clone(),
+                        flight,
+                        chunk: chunks[*i].clone(),
+                        member,
+                    });
+                }
+            }
+            for (ranges, boost, claims) in requests {
+                let cache = self.cache.clone();
+                let layer = self.layer.clone();
+                tokio::spawn(async move {
+                    let _permit = cache.permit(src, &boost).await;
+                    run_request(&layer, ranges, claims).await;
                 });
             }
-        }
-        if !recheck.is_empty() {
-            let subset: Vec<(ChunkKey, usize)> =
-                recheck.iter().map(|&s| unique[s].clone()).collect();
-            let mut sub_plans: Vec<Option<Plan>> = (0..subset.len()).map(|_| None).collect();
-            self.read_hits(&subset, &mut sub_plans, collect).await?;
-            for (s, p) in recheck.into_iter().zip(sub_plans) {
-                // Evicted again in between: rare enough to report rather than loop.
-                plans[s] = Some(p.ok_or(Error::Abandoned {
-                    layer: me,
-                    offset: chunks[unique[s].1].offset,
-                })?);
-            }
-        }
 
-        for (ranges, boost, claims) in requests {
-            let cache = self.cache.clone();
-            let layer = self.layer.clone();
-            tokio::spawn(async move {
-                let _permit = cache.permit(src, &boost).await;
-                run_request(&layer, ranges, claims).await;
-            });
+            if !recheck {
+                break;
+            }
+            self.read_hits(&unique, &mut plans, collect).await?;
         }
 
         // Collect results. Without `collect`, each result is dropped as soon as it arrives.
@@ -595,7 +605,9 @@ impl LayerHandle {
             .iter()
             .enumerate()
             .filter_map(|(s, (k, _))| match k {
-                ChunkKey::Verified(d) if self.cache.store.contains(d) => Some((s, *d)),
+                ChunkKey::Verified(d) if plans[s].is_none() && self.cache.store.contains(d) => {
+                    Some((s, *d))
+                }
                 _ => None,
             })
             .collect();
@@ -684,9 +696,8 @@ async fn run_request(layer: &Arc<LayerState>, ranges: Vec<Range<u64>>, claims: V
             continue;
         };
         // Both bounds are inside a part whose length equals its range (checked above).
-        let member = part.slice(
-            (claim.member.start - r.start) as usize..(claim.member.end - r.start) as usize,
-        );
+        let member = part
+            .slice((claim.member.start - r.start) as usize..(claim.member.end - r.start) as usize);
         let layer = layer.clone();
         decodes.push(async move {
             let chunk = claim.chunk.clone();

@@ -1,6 +1,6 @@
 //! Random access to remote layer blobs through a verified, deduplicating chunk cache.
 //!
-//! The lazy filesystem asks for eStargz chunks ([`Chunk`](regfs_estargz::Chunk)s of a layer);
+//! The lazy filesystem asks for eStargz chunks ([`Chunk`]s of a layer);
 //! this crate answers with their verified, uncompressed bytes. Principal types:
 //!
 //! - [`BlobSource`]: where blob bytes come from — [`RegistrySource`] (ranged GETs),
@@ -42,7 +42,9 @@ pub use cache::{ChunkCache, LayerBlob, LayerHandle, LayerStats, MAX_MEMBER_BYTES
 pub use error::Error;
 pub use fault::FaultySource;
 pub use planner::PlannerConfig;
-pub use registry::RegistrySource;
 pub use regfs_estargz::Chunk;
-pub use source::{BlobSource, FileSource, MAX_RANGE_BYTES, MemorySource, OciLayoutSource, RequestSource};
+pub use registry::RegistrySource;
+pub use source::{
+    BlobSource, FileSource, MAX_RANGE_BYTES, MemorySource, OciLayoutSource, RequestSource,
+};
 pub use store::{ChunkStore, GcReport, MAX_CHUNK_SIZE, StoreUsage};

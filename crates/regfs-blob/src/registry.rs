@@ -32,6 +32,12 @@ impl RegistrySource {
     }
 
     fn map(blob: &Digest, e: regfs_registry::Error) -> Error {
+        if let regfs_registry::Error::NotFound { .. } = e {
+            return Error::BlobNotFound {
+                blob: *blob,
+                source_name: "registry",
+            };
+        }
         Error::Source {
             blob: *blob,
             source_name: "registry",

@@ -184,7 +184,9 @@ impl BlobSource for FileSource {
         blob: &'a Digest,
         ranges: &'a [Range<u64>],
     ) -> BoxFuture<'a, Result<Vec<Bytes>, Error>> {
-        Box::pin(async move { pread_ranges(*blob, self.path(blob)?, ranges.to_vec(), "file").await })
+        Box::pin(
+            async move { pread_ranges(*blob, self.path(blob)?, ranges.to_vec(), "file").await },
+        )
     }
 }
 
@@ -244,7 +246,12 @@ impl BlobSource for OciLayoutSource {
     }
 }
 
-fn not_found_or_io(blob: Digest, path: &Path, e: std::io::Error, source_name: &'static str) -> Error {
+fn not_found_or_io(
+    blob: Digest,
+    path: &Path,
+    e: std::io::Error,
+    source_name: &'static str,
+) -> Error {
     if e.kind() == std::io::ErrorKind::NotFound {
         Error::BlobNotFound { blob, source_name }
     } else {

@@ -116,6 +116,24 @@ struct StoreInner {
     max_bytes: Option<u64>,
     index: Mutex<Index>,
     tmp_seq: AtomicU64,
+    /// Recently used chunks in memory. A FUSE read asks for at most 1 MiB while a chunk is up to
+    /// 4 MiB: without this, reading one chunk sequentially would read (and after a restart,
+    /// hash) the whole chunk file once per request.
+    hot: quick_cache::sync::Cache<Digest, Bytes, ChunkWeighter>,
+}
+
+/// Memory kept for hot chunks: the working set of a container start-up (python reads ~11 MB)
+/// many times over, a small share of the machine's memory.
+pub const HOT_CHUNK_BYTES: u64 = 256 << 20;
+
+/// Weighs a cached chunk by its length (at least 1, so empty chunks are evictable too).
+#[derive(Clone)]
+struct ChunkWeighter;
+
+impl quick_cache::Weighter<Digest, Bytes> for ChunkWeighter {
+    fn weight(&self, _digest: &Digest, data: &Bytes) -> u64 {
+        (data.len() as u64).max(1)
+    }
 }
 
 /// Verified chunks on disk, content-addressed, size-capped with LRU eviction. Cheap to clone.
@@ -191,6 +209,12 @@ impl ChunkStore {
                 max_bytes,
                 index: Mutex::new(index),
                 tmp_seq: AtomicU64::new(0),
+                // ~1 MiB average chunk for the item estimate; the weight cap is what binds.
+                hot: quick_cache::sync::Cache::with_weighter(
+                    (HOT_CHUNK_BYTES >> 20) as usize,
+                    HOT_CHUNK_BYTES,
+                    ChunkWeighter,
+                ),
             }),
         };
         if let Some(cap) = max_bytes {
@@ -240,6 +264,25 @@ impl ChunkStore {
     /// The chunk's bytes, or `None` if it is not stored (or was evicted or found damaged).
     /// Blocking: call from a blocking context.
     pub fn get(&self, digest: &Digest) -> Result<Option<Bytes>, Error> {
+        if let Some(data) = self.inner.hot.get(digest) {
+            // Still indexed? Eviction from disk also drops it from memory, but a racing
+            // eviction may sit between the two; the index is the authority.
+            let now = now_ns();
+            let indexed = {
+                let mut index = self.index();
+                let indexed = index.entries.contains_key(digest);
+                if indexed {
+                    index.touch(digest, now);
+                }
+                indexed
+            };
+            if indexed {
+                // The mtime is the LRU order that survives a restart (cheap next to a read).
+                let path = shard_path(&self.inner.root, digest);
+                let _ = File::open(&path).and_then(|f| f.set_times(file_times(now)));
+                return Ok(Some(data));
+            }
+        }
         let trusted = {
             let index = self.index();
             if !index.entries.contains_key(digest) {
@@ -279,12 +322,14 @@ impl ChunkStore {
         let now = now_ns();
         self.index().touch(digest, now);
         let _ = file.set_times(file_times(now));
-        Ok(Some(Bytes::from(data)))
+        let data = Bytes::from(data);
+        self.inner.hot.insert(*digest, data.clone());
+        Ok(Some(data))
     }
 
     /// Stores a chunk whose bytes the caller has verified against `digest`, then evicts down to
     /// the cap. Blocking.
-    pub(crate) fn put_verified(&self, digest: &Digest, data: &[u8]) -> Result<(), Error> {
+    pub(crate) fn put_verified(&self, digest: &Digest, data: &Bytes) -> Result<(), Error> {
         if self.contains(digest) {
             return Ok(());
         }
@@ -312,6 +357,8 @@ impl ChunkStore {
             index.insert(*digest, data.len() as u64, now_ns());
             index.trusted.insert(*digest);
         }
+        // The reader that fetched it usually reads the rest of the chunk next.
+        self.inner.hot.insert(*digest, data.clone());
         if let Some(cap) = self.inner.max_bytes {
             self.gc(cap)?;
         }
@@ -334,6 +381,7 @@ impl ChunkStore {
                 index.remove(&digest).map(|size| (digest, size))
             };
             let Some((digest, size)) = victim else { break };
+            self.inner.hot.remove(&digest);
             let path = shard_path(&self.inner.root, &digest);
             match fs::remove_file(&path) {
                 Ok(()) => {}
@@ -352,6 +400,7 @@ impl ChunkStore {
 
     fn discard(&self, digest: &Digest, path: &Path) {
         self.index().remove(digest);
+        self.inner.hot.remove(digest);
         let _ = fs::remove_file(path);
     }
 
@@ -363,10 +412,7 @@ impl ChunkStore {
 
 fn shard_path(root: &Path, digest: &Digest) -> PathBuf {
     let hex = digest.hex();
-    root.join("chunks")
-        .join("sha256")
-        .join(&hex[..2])
-        .join(hex)
+    root.join("chunks").join("sha256").join(&hex[..2]).join(hex)
 }
 
 fn file_times(ns: u128) -> FileTimes {
@@ -390,15 +436,21 @@ mod tests {
         let (a, da) = chunk(1, 100);
         let (b, db) = chunk(2, 100);
         let (c, dc) = chunk(3, 100);
-        store.put_verified(&a, &da).unwrap();
-        store.put_verified(&b, &db).unwrap();
-        store.put_verified(&c, &dc).unwrap();
+        store.put_verified(&a, &Bytes::from(da.clone())).unwrap();
+        store.put_verified(&b, &Bytes::from(db.clone())).unwrap();
+        store.put_verified(&c, &Bytes::from(dc.clone())).unwrap();
         // Use `a` last so `b` is the oldest.
         assert_eq!(store.get(&a).unwrap().unwrap(), da);
         drop(store);
 
         let store = ChunkStore::open(dir.path(), Some(250)).unwrap();
-        assert_eq!(store.du(), StoreUsage { chunks: 2, bytes: 200 });
+        assert_eq!(
+            store.du(),
+            StoreUsage {
+                chunks: 2,
+                bytes: 200
+            }
+        );
         assert!(!store.contains(&b), "oldest chunk should be evicted");
         assert_eq!(store.get(&a).unwrap().unwrap(), da);
         assert_eq!(store.get(&c).unwrap().unwrap(), dc);
@@ -411,7 +463,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ChunkStore::open(dir.path(), None).unwrap();
         let (a, da) = chunk(7, 64);
-        store.put_verified(&a, &da).unwrap();
+        store.put_verified(&a, &Bytes::from(da.clone())).unwrap();
         let path = store.path_of(&a).unwrap();
         fs::write(&path, b"not the chunk").unwrap();
         drop(store);
@@ -428,7 +480,7 @@ mod tests {
         let store = ChunkStore::open(dir.path(), None).unwrap();
         for n in 0..4 {
             let (d, data) = chunk(n, 10);
-            store.put_verified(&d, &data).unwrap();
+            store.put_verified(&d, &Bytes::from(data.clone())).unwrap();
         }
         fs::write(dir.path().join("tmp/leftover"), b"x").unwrap();
         fs::write(dir.path().join("chunks/sha256/ab/not-a-digest"), b"x")
@@ -444,6 +496,12 @@ mod tests {
         let report = store.gc(15).unwrap();
         assert_eq!(report.removed_chunks, 3);
         assert_eq!(report.freed_bytes, 30);
-        assert_eq!(report.usage, StoreUsage { chunks: 1, bytes: 10 });
+        assert_eq!(
+            report.usage,
+            StoreUsage {
+                chunks: 1,
+                bytes: 10
+            }
+        );
     }
 }

@@ -33,7 +33,9 @@ impl Rig {
         let mut mem = MemorySource::new();
         mem.insert(blob.bytes.clone());
         let src = Arc::new(FaultySource::new(mem));
-        let handle = self.cache.layer(blob.layer(src.clone() as Arc<dyn BlobSource>));
+        let handle = self
+            .cache
+            .layer(blob.layer(src.clone() as Arc<dyn BlobSource>));
         (handle, src)
     }
 }
@@ -56,7 +58,10 @@ async fn reads_all_chunks_in_one_request_then_hits() {
     assert_eq!(src.calls(), 1, "adjacent members should be one request");
     let s = layer.stats();
     assert_eq!((s.requests, s.misses, s.hits), (1, 6, 0));
-    assert_eq!(s.bytes_fetched, blob.toc_offset, "everything up to the toc, nothing after");
+    assert_eq!(
+        s.bytes_fetched, blob.toc_offset,
+        "everything up to the toc, nothing after"
+    );
 
     let again = layer
         .read_chunks(&blob.chunks, RequestSource::OnDemand)
@@ -105,7 +110,10 @@ async fn distant_chunks_become_ranges_of_one_request_and_duplicates_are_read_onc
         .read_chunks(&want, RequestSource::OnDemand)
         .await
         .unwrap();
-    assert_eq!(as_vecs(&got), vec![data[0].clone(), data[2].clone(), data[0].clone()]);
+    assert_eq!(
+        as_vecs(&got),
+        vec![data[0].clone(), data[2].clone(), data[0].clone()]
+    );
     let log = src.log();
     assert_eq!(log.len(), 1);
     assert_eq!(
@@ -131,7 +139,10 @@ async fn packed_chunks_share_one_member_fetch() {
         .await
         .unwrap();
     assert_eq!(as_vecs(&got), blob.data[..3].to_vec());
-    assert_eq!(src.log(), vec![vec![blob.chunks[0].offset..blob.chunks[3].offset]]);
+    assert_eq!(
+        src.log(),
+        vec![vec![blob.chunks[0].offset..blob.chunks[3].offset]]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -148,9 +159,7 @@ async fn concurrent_misses_on_one_chunk_fetch_once() {
         let layer = layer.clone();
         let chunk = chunk.clone();
         tasks.push(tokio::spawn(async move {
-            layer
-                .read_chunks(&[chunk], RequestSource::OnDemand)
-                .await
+            layer.read_chunks(&[chunk], RequestSource::OnDemand).await
         }));
     }
     src.wait_held(1).await;
@@ -171,7 +180,11 @@ async fn concurrent_misses_on_one_chunk_fetch_once() {
 async fn identical_chunks_of_two_layers_are_fetched_and_stored_once() {
     let shared = support::content(77, 30_000);
     let a = support::build(&[support::content(10, 5_000), shared.clone()]);
-    let b = support::build(&[shared.clone(), support::content(11, 9_000), support::content(12, 100)]);
+    let b = support::build(&[
+        shared.clone(),
+        support::content(11, 9_000),
+        support::content(12, 100),
+    ]);
     assert_ne!(a.digest, b.digest);
     let rig = Rig::new(PlannerConfig::default(), None);
     let (la, sa) = rig.layer(&a);
@@ -230,7 +243,10 @@ async fn eviction_under_a_size_cap_races_with_readers() {
                 let i = (t * 7 + round * 5) % chunks.len();
                 let j = (i + 1 + t) % chunks.len();
                 let got = layer
-                    .read_chunks(&[chunks[i].clone(), chunks[j].clone()], RequestSource::OnDemand)
+                    .read_chunks(
+                        &[chunks[i].clone(), chunks[j].clone()],
+                        RequestSource::OnDemand,
+                    )
                     .await
                     .unwrap();
                 assert_eq!(got[0], data[i], "chunk {i}");
@@ -293,7 +309,10 @@ async fn chunks_survive_a_restart() {
     assert_eq!(as_vecs(&got), blob.data);
     assert_eq!(src.calls(), 0);
     assert_eq!(layer.stats().hits, 4);
-    let p = cache.store().path_of(&blob.chunks[2].digest.unwrap()).unwrap();
+    let p = cache
+        .store()
+        .path_of(&blob.chunks[2].digest.unwrap())
+        .unwrap();
     assert_eq!(std::fs::read(p).unwrap(), blob.data[2]);
 }
 
@@ -309,17 +328,25 @@ async fn corrupted_bytes_fail_verification_store_nothing_and_a_retry_succeeds() 
         .await
         .unwrap_err();
     match &err {
-        Error::Verification { layer: l, offset, .. } => {
+        Error::Verification {
+            layer: l, offset, ..
+        } => {
             assert_eq!(*l, blob.digest);
             assert_eq!(*offset, blob.chunks[1].offset);
         }
         other => panic!("want a verification error, got {other}"),
     }
     let msg = err.to_string();
-    assert!(msg.contains(&blob.digest.to_string()) && msg.contains(&blob.chunks[1].offset.to_string()), "{msg}");
+    assert!(
+        msg.contains(&blob.digest.to_string()) && msg.contains(&blob.chunks[1].offset.to_string()),
+        "{msg}"
+    );
     assert_eq!(layer.stats().verification_failures, 1);
     assert!(!layer.is_cached(&blob.chunks[1]));
-    assert!(layer.is_cached(&blob.chunks[0]), "the good chunk of the same request is kept");
+    assert!(
+        layer.is_cached(&blob.chunks[0]),
+        "the good chunk of the same request is kept"
+    );
 
     src.corrupt_at(None);
     let got = layer
@@ -408,11 +435,42 @@ async fn hostile_chunk_descriptions_are_errors() {
     let (layer, src) = rig.layer(&blob);
     let base = blob.chunks[0].clone();
     let cases = [
-        ("huge chunk", regfs_blob::Chunk { chunk_size: u64::MAX, ..base.clone() }),
-        ("member at the toc", regfs_blob::Chunk { offset: blob.toc_offset, ..base.clone() }),
-        ("member ends before start", regfs_blob::Chunk { next_offset: base.offset, ..base.clone() }),
-        ("inner offset overflow", regfs_blob::Chunk { inner_offset: u64::MAX - 10, ..base.clone() }),
-        ("offset past the blob", regfs_blob::Chunk { offset: u64::MAX - 1, next_offset: u64::MAX, ..base.clone() }),
+        (
+            "huge chunk",
+            regfs_blob::Chunk {
+                chunk_size: u64::MAX,
+                ..base.clone()
+            },
+        ),
+        (
+            "member at the toc",
+            regfs_blob::Chunk {
+                offset: blob.toc_offset,
+                ..base.clone()
+            },
+        ),
+        (
+            "member ends before start",
+            regfs_blob::Chunk {
+                next_offset: base.offset,
+                ..base.clone()
+            },
+        ),
+        (
+            "inner offset overflow",
+            regfs_blob::Chunk {
+                inner_offset: u64::MAX - 10,
+                ..base.clone()
+            },
+        ),
+        (
+            "offset past the blob",
+            regfs_blob::Chunk {
+                offset: u64::MAX - 1,
+                next_offset: u64::MAX,
+                ..base.clone()
+            },
+        ),
     ];
     for (name, c) in cases {
         let err = layer
@@ -422,7 +480,10 @@ async fn hostile_chunk_descriptions_are_errors() {
         assert!(matches!(err, Error::BadChunk { .. }), "{name}: {err}");
     }
     // Lies the bounds cannot catch are caught by decoding: a chunk larger than its member.
-    let too_big = regfs_blob::Chunk { chunk_size: base.chunk_size + 5_000, ..base.clone() };
+    let too_big = regfs_blob::Chunk {
+        chunk_size: base.chunk_size + 5_000,
+        ..base.clone()
+    };
     let err = layer
         .read_chunks(&[too_big], RequestSource::OnDemand)
         .await
@@ -501,8 +562,9 @@ async fn an_on_demand_read_boosts_a_queued_prefetch_request_it_needs() {
     };
     let rig = Rig::new(cfg, None);
     let (layer, src) = rig.layer(&blob);
-    let first = blob.chunks[0].offset;
-    src.hold(move |ranges| ranges[0].start == first);
+    // Hold only the first request to reach the source; it keeps the single prefetch permit.
+    let first_call = std::sync::atomic::AtomicBool::new(true);
+    src.hold(move |_| first_call.swap(false, std::sync::atomic::Ordering::SeqCst));
     let pl = layer.clone();
     let chunks = blob.chunks.clone();
     let end = blob.toc_offset;
@@ -511,15 +573,42 @@ async fn an_on_demand_read_boosts_a_queued_prefetch_request_it_needs() {
     while layer.stats().misses < 6 {
         tokio::task::yield_now().await;
     }
-    // Chunk 3 is claimed by a prefetch request queued behind the held one.
+    // Any chunk outside the held request is claimed by a prefetch request queued behind it.
+    let held = src.log()[0][0].clone();
+    let i = (0..6)
+        .find(|&i| !held.contains(&blob.chunks[i].offset))
+        .unwrap();
     let got = layer
-        .read_chunks(&blob.chunks[3..4], RequestSource::OnDemand)
+        .read_chunks(&blob.chunks[i..i + 1], RequestSource::OnDemand)
         .await
         .unwrap();
-    assert_eq!(got[0], blob.data[3]);
+    assert_eq!(got[0], blob.data[i]);
     assert_eq!(layer.stats().joined, 1);
     assert!(!prefetch.is_finished());
     src.release();
     prefetch.await.unwrap().unwrap();
     assert_eq!(src.calls(), 6, "every member fetched exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_gives_up_does_not_cancel_the_fetch_others_wait_on() {
+    let blob = support::build(&support::chunks(97, 2, 7_000));
+    let rig = Rig::new(PlannerConfig::default(), None);
+    let (layer, src) = rig.layer(&blob);
+    src.hold(|_| true);
+    let (l1, c1) = (layer.clone(), blob.chunks[0].clone());
+    let first = tokio::spawn(async move { l1.read_chunks(&[c1], RequestSource::OnDemand).await });
+    src.wait_held(1).await;
+    // Like an interrupted read(2): the first reader goes away mid-fetch.
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+
+    let (l2, c2) = (layer.clone(), blob.chunks[0].clone());
+    let second = tokio::spawn(async move { l2.read_chunks(&[c2], RequestSource::OnDemand).await });
+    while layer.stats().joined < 1 {
+        tokio::task::yield_now().await;
+    }
+    src.release();
+    assert_eq!(second.await.unwrap().unwrap()[0], blob.data[0]);
+    assert_eq!(src.calls(), 1);
 }

@@ -51,17 +51,19 @@ impl Registry {
             .stderr(Stdio::from(log))
             .spawn()
             .expect("starting docker-registry");
+        // Owned before polling, so a failed start still kills the process (Drop).
+        let registry = Registry {
+            host,
+            child,
+            _dir: dir,
+        };
         for _ in 0..STARTUP_POLLS {
-            if tokio::net::TcpStream::connect(&host).await.is_ok() {
-                return Registry {
-                    host,
-                    child,
-                    _dir: dir,
-                };
+            if tokio::net::TcpStream::connect(&registry.host).await.is_ok() {
+                return registry;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("docker-registry on {host} never listened");
+        panic!("docker-registry on {} never listened", registry.host);
     }
 }
 
@@ -81,7 +83,9 @@ async fn chunks_come_from_a_real_registry_in_few_requests() {
         ..ClientConfig::default()
     })
     .unwrap();
-    let repo: Reference = format!("{}/regfs/blob-test:1", registry.host).parse().unwrap();
+    let repo: Reference = format!("{}/regfs/blob-test:1", registry.host)
+        .parse()
+        .unwrap();
 
     let mut data = support::chunks(7, 5, 50_000);
     // A far chunk: the gap before it is larger than max_gap, so it is a second range.
@@ -94,7 +98,18 @@ async fn chunks_come_from_a_real_registry_in_few_requests() {
         .unwrap();
 
     let src = Arc::new(FaultySource::new(RegistrySource::new(client.clone(), repo)));
-    assert_eq!(src.size(&blob.digest).await.unwrap(), blob.bytes.len() as u64);
+    assert_eq!(
+        src.size(&blob.digest).await.unwrap(),
+        blob.bytes.len() as u64
+    );
+    let absent = regfs_estargz::Digest::sha256(b"never pushed");
+    let first_byte = std::slice::from_ref(&(0..1));
+    let err = src.read_ranges(&absent, first_byte).await.unwrap_err();
+    assert!(
+        matches!(err, regfs_blob::Error::BlobNotFound { .. }),
+        "{err}"
+    );
+    let calls_before = src.calls();
     let dir = tempfile::tempdir().unwrap();
     let cache = ChunkCache::new(
         ChunkStore::open(dir.path(), None).unwrap(),
@@ -106,23 +121,37 @@ async fn chunks_come_from_a_real_registry_in_few_requests() {
     let mut want = blob.chunks[..5].to_vec();
     want.push(blob.chunks[6].clone());
     let before = client.stats().requests;
-    let got = layer.read_chunks(&want, RequestSource::OnDemand).await.unwrap();
+    let got = layer
+        .read_chunks(&want, RequestSource::OnDemand)
+        .await
+        .unwrap();
     for (i, g) in [0, 1, 2, 3, 4, 6].into_iter().zip(&got) {
         assert_eq!(g[..], blob.data[i][..], "chunk {i}");
     }
-    assert_eq!(src.calls(), 1, "one read_ranges call for the whole read");
-    assert_eq!(src.log()[0].len(), 2, "two ranges: the adjacent run and the far chunk");
+    assert_eq!(
+        src.calls() - calls_before,
+        1,
+        "one read_ranges call for the whole read"
+    );
+    assert_eq!(
+        src.log().last().unwrap().len(),
+        2,
+        "two ranges: the adjacent run and the far chunk"
+    );
     let http = client.stats().requests - before;
     assert!(http <= 2, "{http} HTTP requests for one multi-range read");
     assert_eq!(layer.stats().misses, 6);
 
     // Everything read is now local.
-    let again = layer.read_chunks(&want, RequestSource::OnDemand).await.unwrap();
+    let again = layer
+        .read_chunks(&want, RequestSource::OnDemand)
+        .await
+        .unwrap();
     assert_eq!(again, got);
-    assert_eq!(src.calls(), 1);
+    assert_eq!(src.calls() - calls_before, 1);
     assert_eq!(layer.stats().hits, 6);
 
-    // The remaining chunk: one single-range GET that stops at the TOC.
+    // The remaining chunk: one single-range GET.
     let before = client.stats().requests;
     let last = layer
         .read_chunks(&blob.chunks[5..6], RequestSource::OnDemand)

@@ -54,6 +54,12 @@ fn check_blob(tar: &[u8], blob: &[u8], report: &regfs_estargz::ConvertReport) ->
             plain[1024..1024 + body.len()] == *body,
             "tar headers and payloads are copied verbatim"
         );
+        // Then the TOC entry, then exactly one end-of-archive trailer.
+        let toc_hdr = &plain[1024 + body.len()..];
+        assert_eq!(&toc_hdr[..18], b"stargz.index.json\0");
+        assert!(plain.ends_with(&[0u8; 1024]));
+        let json_len = r.toc().to_json().len();
+        assert_eq!(toc_hdr.len(), 512 + json_len.div_ceil(512) * 512 + 1024);
     }
     // Every regular file reads back as in the input (last duplicate wins).
     let mut want = std::collections::BTreeMap::new();
@@ -710,4 +716,32 @@ fn toc_dump_golden() {
         e.offset = e.offset.signum();
     }
     insta::assert_snapshot!(String::from_utf8(toc.to_json()).unwrap());
+}
+
+#[test]
+fn empty_files_interleaved() {
+    // testBuild "empty files": six 6-byte files interleaved with five empty ones.
+    let names: Vec<String> = (0..11).map(|i| format!("f{i}")).collect();
+    let entries: Vec<E<'_>> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| E::File(n, if i % 2 == 0 { b"123456" } else { b"" }))
+        .collect();
+    let tar = tar_of(&entries);
+    let (blob, rep) = convert_to_vec(&tar, &opts(4));
+    check_blob(&tar, &blob, &rep);
+    // Member 0, the landmark, two chunks per non-empty file, TOC, footer.
+    assert_eq!(member_starts(&blob).len(), 2 + 6 * 2 + 2);
+}
+
+#[test]
+fn long_names_sort_and_read() {
+    let a = "a".repeat(120);
+    let b = format!("{}/{}", "b".repeat(60), "c".repeat(90));
+    let (o, missed) = sorted(
+        &[E::File(&a, b"A"), E::Dir("x/", 0o755), E::File(&b, b"B")],
+        &[&b],
+    );
+    assert!(missed.is_empty());
+    assert_eq!(o, [b.clone(), PREFETCH_LANDMARK.into(), a, "x/".into()]);
 }

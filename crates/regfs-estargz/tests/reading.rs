@@ -337,3 +337,31 @@ fn converter_refuses_blobs_readers_would_reject() {
     let err = convert(&tar, &opts(4 << 20), &mut Vec::new(), &|_| {}).unwrap_err();
     assert!(matches!(err, Error::HardlinkTargetMissing { .. }), "{err}");
 }
+
+#[test]
+fn names_differing_only_in_invalid_utf8_are_both_kept() {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in [(&b"n\xff"[..], &b"one"[..]), (b"n\xfe", b"two")] {
+        let mut h = tar::Header::new_ustar();
+        h.as_old_mut().name[..2].copy_from_slice(name);
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let (blob, rep) = convert_to_vec(&tar, &opts(4 << 20));
+    // Both survive in the tar stream (the TOC, being JSON, names both "n\u{fffd}").
+    let plain = gunzip(&blob);
+    assert!(plain.windows(3).any(|w| w == b"one") && plain.windows(3).any(|w| w == b"two"));
+    assert_eq!(
+        rep.toc
+            .entries
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|e| e.name == "n\u{fffd}")
+            .count(),
+        2
+    );
+}

@@ -6,12 +6,16 @@
 //!
 //! Kernel settings and why:
 //! - several FUSE threads, each with its own cloned `/dev/fuse` fd (`n_threads`, `clone_fd`);
-//! - `max_read`/`max_readahead` 1 MiB (256 pages), the size of a small file fetched whole;
+//! - reads and readahead of up to 1 MiB (`max_pages` 256, from `max_write`/`max_readahead`),
+//!   the size of a small file fetched whole;
 //! - `FOPEN_KEEP_CACHE` and long attribute/entry TTLs: the image never changes while mounted;
 //! - `readdirplus`, so `ls -l` and `find` get attributes without one lookup per name;
 //! - `FUSE_PASSTHROUGH` with `max_stack_depth` 1 (2 would make overlayfs on top of this mount
 //!   fail with EINVAL): a file that is a single chunk already in the store is handed to the
 //!   kernel, which reads the store file directly. If the kernel refuses, reads stay in userspace.
+//!   The kernel fails an open that mixes modes on one inode, so an inode already open in
+//!   userspace mode is opened so again until its last handle is released; passthrough opens
+//!   carry no `FOPEN_KEEP_CACHE` (the kernel answers EIO to that combination).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

@@ -102,7 +102,8 @@ impl ImageFs {
                 .map_err(|e| self.read_failed(&file, &own, e))?,
             Err(e) => return Err(self.read_failed(&file, &own, e)),
         };
-        self.assemble(&file, &own, &fetched[..own.len()], offset, end)
+        // `fetched` holds own chunks first; zip stops after them (and a short answer is an error).
+        self.assemble(&file, &own, &fetched, offset, end)
     }
 
     /// Adds the chunks of the small, uncached files that follow `inode` in its directory.

@@ -110,7 +110,8 @@ fn empty_stats(digest: Digest, size: u64) -> regfs_fs::LayerStats {
 /// Prometheus text exposition of `r`.
 pub fn prometheus(r: &MountReport) -> String {
     let mut out = String::new();
-    let metrics: [(&str, &str, fn(&LayerReport) -> u64); 8] = [
+    type Metric = (&'static str, &'static str, fn(&LayerReport) -> u64);
+    let metrics: [Metric; 8] = [
         ("regfs_layer_size_bytes", "compressed layer size", |l| l.size),
         ("regfs_layer_fetched_bytes", "compressed bytes fetched", |l| l.stats.bytes_fetched),
         ("regfs_layer_requests_total", "requests to the registry", |l| l.stats.requests),
@@ -135,47 +136,54 @@ pub fn prometheus(r: &MountReport) -> String {
     out
 }
 
-/// Serves JSON reports on `socket` until the task is aborted.
-pub async fn serve_socket(
+/// Binds `socket` now (so that `regfs stats` works as soon as the mount reports ready) and
+/// returns the task serving JSON reports on it until aborted.
+pub fn serve_socket(
     socket: PathBuf,
     image: Arc<LazyImage>,
     mountpoint: PathBuf,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
     std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("binding {}", socket.display()))?;
-    loop {
-        let (mut conn, _) = listener.accept().await?;
-        let body = serde_json::to_vec(&report(&image, &mountpoint))?;
-        let _ = conn.write_all(&body).await;
-    }
+    Ok(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await?;
+            let body = serde_json::to_vec(&report(&image, &mountpoint))?;
+            let _ = conn.write_all(&body).await;
+        }
+    })
 }
 
-/// Serves `GET /metrics` (Prometheus text) on `addr` until the task is aborted.
-pub async fn serve_metrics(
+/// Binds `addr` now (a taken address fails the mount) and returns the task serving
+/// `GET /metrics` (Prometheus text) on it until aborted.
+pub fn serve_metrics(
     addr: std::net::SocketAddr,
     image: Arc<LazyImage>,
     mountpoint: PathBuf,
-) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
+    let std_listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("binding metrics address {addr}"))?;
-    loop {
-        let (mut conn, _) = listener.accept().await?;
-        let body = prometheus(&report(&image, &mountpoint));
-        tokio::spawn(async move {
-            // One request per connection: read the request head (bounded), answer, close.
-            let mut buf = [0u8; 4096];
-            let _ = conn.read(&mut buf).await;
-            let head = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = conn.write_all(head.as_bytes()).await;
-            let _ = conn.write_all(body.as_bytes()).await;
-        });
-    }
+    std_listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    Ok(async move {
+        loop {
+            let (mut conn, _) = listener.accept().await?;
+            let body = prometheus(&report(&image, &mountpoint));
+            tokio::spawn(async move {
+                // One request per connection: read the request head (bounded), answer, close.
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(body.as_bytes()).await;
+            });
+        }
+    })
 }
 
 /// Reads the report of the mount at `dir` from its control socket.

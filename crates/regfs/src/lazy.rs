@@ -65,13 +65,11 @@ pub struct LazyImage {
     pub manifest_digest: Digest,
     pub config: ImageConfiguration,
     pub fs: Arc<ImageFs>,
-    pub cache: Arc<ChunkCache>,
     pub layers: Vec<LayerInfo>,
     pub client: Client,
     /// Time from the start of [`LazyImage::open`] to a usable filesystem.
     pub open_time: std::time::Duration,
     tasks: Vec<JoinHandle<()>>,
-    prefetch_done: Vec<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Drop for LazyImage {
@@ -115,7 +113,6 @@ impl LazyImage {
         .await?;
 
         let mut tasks = Vec::new();
-        let mut prefetch_done = Vec::new();
         let mut infos = Vec::new();
         let mut fs_layers = Vec::new();
         for l in image.layers {
@@ -139,14 +136,11 @@ impl LazyImage {
             };
             let prefetch = plan.filter(|_| !args.no_prefetch && l.lazy);
             if prefetch.is_some() || !all_chunks.is_empty() {
-                let (tx, rx) = tokio::sync::watch::channel(false);
-                prefetch_done.push(rx);
                 tasks.push(tokio::spawn(fill_layer(
                     l.handle.clone(),
                     l.digest,
                     prefetch,
                     all_chunks,
-                    tx,
                 )));
             }
             fs_layers.push(FsLayer {
@@ -175,22 +169,11 @@ impl LazyImage {
             manifest_digest: image.manifest_digest,
             config: image.config,
             fs: Arc::new(fs),
-            cache,
             layers: infos,
             client,
             open_time: start.elapsed(),
             tasks,
-            prefetch_done,
         })
-    }
-
-    /// Waits until every layer's prefetch (not the background fetch) has finished or failed.
-    pub async fn wait_prefetch(&self) {
-        for rx in &self.prefetch_done {
-            let mut rx = rx.clone();
-            // An error means the task is gone (aborted or panicked): nothing left to wait for.
-            let _ = rx.wait_for(|done| *done).await;
-        }
     }
 }
 
@@ -203,14 +186,12 @@ async fn fill_layer(
     digest: Digest,
     prefetch: Option<(Vec<Chunk>, u64)>,
     all_chunks: Vec<Chunk>,
-    prefetch_done: tokio::sync::watch::Sender<bool>,
 ) {
     if let Some((chunks, end)) = prefetch
         && let Err(e) = handle.prefetch(&chunks, end).await
     {
         tracing::warn!(layer = %digest, error = %e, "prefetch failed; reads will fetch on demand");
     }
-    let _ = prefetch_done.send(true);
     for batch in all_chunks.chunks(BACKGROUND_BATCH) {
         let missing: Vec<Chunk> = batch.iter().filter(|c| !handle.is_cached(c)).cloned().collect();
         if missing.is_empty() {

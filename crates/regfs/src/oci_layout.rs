@@ -85,6 +85,7 @@ pub struct LayoutImage {
 }
 
 /// An OCI image layout directory.
+#[derive(Clone)]
 pub struct OciLayout {
     dir: PathBuf,
 }
@@ -161,27 +162,8 @@ impl OciLayout {
     /// The image tagged `tag` (or the only one if `tag` is `None`), for `platform` when the
     /// entry is an index.
     pub fn resolve(&self, tag: Option<&str>, platform: &Platform) -> anyhow::Result<LayoutImage> {
-        let index_path = self.dir.join("index.json");
-        let index_bytes =
-            fs::read(&index_path).with_context(|| format!("reading {}", index_path.display()))?;
-        let index: ManifestBody = serde_json::from_slice(&index_bytes)
-            .with_context(|| format!("parsing {}", index_path.display()))?;
-        let entry = match tag {
-            Some(tag) => index
-                .manifests
-                .iter()
-                .find(|d| d.annotations.get(REF_NAME_ANNOTATION).map(String::as_str) == Some(tag))
-                .with_context(|| format!("no image tagged {tag:?} in {}", index_path.display()))?,
-            None => match index.manifests.as_slice() {
-                [only] => only,
-                [] => bail!("{} lists no image", index_path.display()),
-                _ => bail!(
-                    "{} lists several images: name one with oci:DIR:TAG",
-                    index_path.display()
-                ),
-            },
-        };
-        let mut desc = entry.clone();
+        let entry = self.entry(tag)?;
+        let mut desc = entry;
         // One level of nesting: a tag naming a multi-platform index.
         if is_index(&desc.media_type) {
             let bytes = self.read_json_blob(&desc.digest()?)?;
@@ -196,8 +178,59 @@ impl OciLayout {
                 })?
                 .clone();
         }
-        let manifest_digest = desc.digest()?;
-        let manifest_bytes = self.read_json_blob(&manifest_digest)?;
+        self.resolve_manifest(&desc.digest()?)
+    }
+
+    /// The tagged index entry of `tag` (or the only one), as written in index.json.
+    pub fn entry(&self, tag: Option<&str>) -> anyhow::Result<Descriptor> {
+        let index_path = self.dir.join("index.json");
+        let index_bytes =
+            fs::read(&index_path).with_context(|| format!("reading {}", index_path.display()))?;
+        let index: ManifestBody = serde_json::from_slice(&index_bytes)
+            .with_context(|| format!("parsing {}", index_path.display()))?;
+        let entry = match tag {
+            Some(tag) => index
+                .manifests
+                .into_iter()
+                .find(|d| d.annotations.get(REF_NAME_ANNOTATION).map(String::as_str) == Some(tag))
+                .with_context(|| format!("no image tagged {tag:?} in {}", index_path.display()))?,
+            None => {
+                let n = index.manifests.len();
+                match <[Descriptor; 1]>::try_from(index.manifests) {
+                    Ok([only]) => only,
+                    Err(_) if n == 0 => bail!("{} lists no image", index_path.display()),
+                    Err(_) => bail!(
+                        "{} lists several images: name one with oci:DIR:TAG",
+                        index_path.display()
+                    ),
+                }
+            }
+        };
+        Ok(entry)
+    }
+
+    /// The per-platform manifests of the index tagged `tag` (entries without a platform, such
+    /// as attestations, left out), or `None` when the tag names a plain manifest.
+    pub fn platform_manifests(&self, tag: Option<&str>) -> anyhow::Result<Option<Vec<Descriptor>>> {
+        let entry = self.entry(tag)?;
+        if !is_index(&entry.media_type) {
+            return Ok(None);
+        }
+        let bytes = self.read_json_blob(&entry.digest()?)?;
+        let nested: ManifestBody = serde_json::from_slice(&bytes)
+            .with_context(|| format!("parsing index {}", entry.digest))?;
+        Ok(Some(
+            nested
+                .manifests
+                .into_iter()
+                .filter(|d| d.platform.is_some())
+                .collect(),
+        ))
+    }
+
+    /// The image manifest `manifest_digest` and its config.
+    pub fn resolve_manifest(&self, manifest_digest: &Digest) -> anyhow::Result<LayoutImage> {
+        let manifest_bytes = self.read_json_blob(manifest_digest)?;
         let manifest: ManifestBody = serde_json::from_slice(&manifest_bytes)
             .with_context(|| format!("parsing manifest {manifest_digest}"))?;
         let config = manifest

@@ -16,7 +16,6 @@
 //! eStargz at all (plain gzip/zstd/tar) is fetched whole, converted locally into the cache
 //! directory and served from there: it works, but it is not lazy, and the caller is told.
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,26 +28,41 @@ use regfs_blob::{BlobSource, ChunkCache, FileSource, LayerBlob, LayerHandle, Reg
 use regfs_estargz::{Digest, TocIndex, TocLocation};
 use regfs_registry::{Client, Platform, Reference};
 
-/// Annotation with the TOC digest of an eStargz layer (set by every eStargz converter).
+/// Annotation with the sha256 of a layer's TOC JSON (stargz-snapshotter's name).
 pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
-/// Annotation with the decompressed size of an eStargz layer.
+/// Annotation with a layer's uncompressed size (estargz's name).
 pub const UNCOMPRESSED_SIZE_ANNOTATION: &str = "io.containers.estargz.uncompressed-size";
 /// regfs's hint: the compressed offset of the TOC member, so the tail read is exact.
 pub const TOC_OFFSET_ANNOTATION: &str = "io.regfs.estargz.toc-offset";
 /// regfs's hint: the landmark offset (= prefetch range end), so prefetch starts with the TOC read.
 pub const PREFETCH_SIZE_ANNOTATION: &str = "io.regfs.estargz.prefetch-size";
 
-/// The footer (51 B) and the TOC of a typical layer fit in this much of its tail.
+/// Smallest tail read without a hint: the footer and a small TOC, for one round trip.
+pub const MIN_TAIL: u64 = 64 * 1024;
+/// Largest tail read without a hint; a bigger TOC costs a second, exact read instead.
+pub const MAX_TAIL: u64 = 8 << 20;
+/// Largest TOC member read at all: TOC JSON compresses about 8x, so 64 MiB holds a TOC at the
+/// format crate's 512 MiB limit, while a hostile hint cannot make us buffer a whole big blob.
+pub const MAX_TOC_READ: u64 = 64 << 20;
+/// Share of the blob read as its tail without a hint.
 ///
-/// A TOC costs ~45 compressed bytes per entry; layers average a few KiB per entry, so the TOC is
-/// well under 1 % of the blob (python's base layer: 309 KB of 52 MB, 0.6 %). Over-reading 1/128
-/// of the blob plus 64 KiB costs at most a round trip's worth of bandwidth at 100 Mbit/s and
-/// 20 ms RTT (250 KB) for layers up to ~25 MB, while a second read always costs a full round trip.
+/// A TOC costs ~45 compressed bytes per entry and layers average a few KiB per entry, so the TOC
+/// is well under 1 % of its blob (python's base layer: 309 KB of 52 MB, 0.6 %). Reading 1/128
+/// of the blob plus [`MIN_TAIL`] covers that, and over-reads at most a round trip's worth of
+/// bandwidth (250 KB at 100 Mbit/s and 20 ms RTT) for layers up to ~25 MB, while a second read
+/// always costs a full round trip.
+pub const TAIL_DIVISOR: u64 = 128;
+
+/// How many bytes at the end of a `blob_size`-byte blob to read first: exactly the TOC member
+/// and footer when `toc_offset_hint` is a plausible TOC offset, else a guess (see
+/// [`TAIL_DIVISOR`]).
 pub fn tail_len(blob_size: u64, toc_offset_hint: Option<u64>) -> u64 {
-    if let Some(off) = toc_offset_hint.filter(|&off| off < blob_size) {
+    if let Some(off) =
+        toc_offset_hint.filter(|&off| off < blob_size && blob_size - off <= MAX_TOC_READ)
+    {
         return blob_size - off;
     }
-    (blob_size / 128 + 64 * 1024).min(blob_size)
+    (blob_size / TAIL_DIVISOR + MIN_TAIL).min(MAX_TAIL).min(blob_size)
 }
 
 /// How to open an image.
@@ -74,7 +88,6 @@ pub struct OpenedLayer {
 pub struct OpenedImage {
     pub reference: Reference,
     pub manifest_digest: Digest,
-    pub manifest: ImageManifest,
     pub config: ImageConfiguration,
     pub layers: Vec<OpenedLayer>,
 }
@@ -144,7 +157,6 @@ pub async fn open_image(
     Ok(OpenedImage {
         reference: pinned,
         manifest_digest,
-        manifest,
         config,
         layers,
     })
@@ -172,12 +184,8 @@ async fn open_layer(
         .and_then(|s| s.parse::<u64>().ok())
         .filter(|&p| p > 0 && p <= size);
 
-    // Without a TOC digest only legacy stargz could still be lazy, and only unverified; any
-    // other such layer goes straight to the non-lazy path and saves the tail read.
-    if want_toc.is_none() && !opts.insecure_skip_verify {
-        return open_non_lazy(client, reference, desc, digest, cache, opts).await;
-    }
-
+    // Without a TOC digest the tail is still read: an eStargz layer must then be refused (its
+    // TOC can't be verified) rather than silently fetched whole; a plain layer falls back below.
     // Start the landmark range in the same round trip as the TOC when the hint says where it is.
     let source: Arc<dyn BlobSource> = match prefetch_hint {
         Some(end) => Arc::new(EarlySource::start(registry.clone(), digest, 0..end)),
@@ -384,16 +392,15 @@ impl BlobSource for EarlySource {
                 && ranges
                     .iter()
                     .all(|r| r.start >= self.range.start && r.end <= self.range.end);
-            if inside {
-                if let Ok(bytes) = self.fetch.clone().await {
-                    if bytes.len() as u64 == self.range.end - self.range.start {
-                        let base = self.range.start;
-                        return Ok(ranges
-                            .iter()
-                            .map(|r| bytes.slice((r.start - base) as usize..(r.end - base) as usize))
-                            .collect());
-                    }
-                }
+            if inside
+                && let Ok(bytes) = self.fetch.clone().await
+                && bytes.len() as u64 == self.range.end - self.range.start
+            {
+                let base = self.range.start;
+                return Ok(ranges
+                    .iter()
+                    .map(|r| bytes.slice((r.start - base) as usize..(r.end - base) as usize))
+                    .collect());
             }
             self.inner.read_ranges(blob, ranges).await
         }
@@ -415,12 +422,22 @@ pub fn prefetch_plan(layer: &OpenedLayer) -> Option<(Vec<regfs_estargz::Chunk>, 
     Some((chunks, end))
 }
 
-/// Layer digest → index of the layer in the manifest, for stats and records.
-pub fn layer_positions(image: &OpenedImage) -> HashMap<Digest, usize> {
-    image
-        .layers
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.digest, i))
-        .collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_len_sizes() {
+        // Small blob: all of it.
+        assert_eq!(tail_len(1000, None), 1000);
+        // Proportional tail over the minimum.
+        assert_eq!(tail_len(1 << 20, None), (1 << 13) + MIN_TAIL);
+        assert_eq!(tail_len(64 << 20, None), (512 << 10) + MIN_TAIL);
+        // Capped tail.
+        assert_eq!(tail_len(1 << 40, None), MAX_TAIL);
+        // The hint wins; a hint past the blob or asking for more than a TOC can be is ignored.
+        assert_eq!(tail_len(1 << 30, Some((1 << 30) - 12345)), 12345);
+        assert_eq!(tail_len(1000, Some(5000)), 1000);
+        assert_eq!(tail_len(1 << 30, Some(0)), MAX_TAIL);
+    }
 }

@@ -647,8 +647,9 @@ fn oci_layouts_as_source_and_destination() {
 }
 
 /// Turns the layout's one tagged manifest into a two-platform index: the host's image and a
-/// `linux/s390x` one whose only layer is missing from the layout.
-fn make_multi_platform(layout: &Path, tag: &str) {
+/// `linux/s390x` one, which is the same image under another architecture when `valid_other`,
+/// else one whose only layer is missing from the layout.
+fn make_multi_platform(layout: &Path, tag: &str, valid_other: bool) {
     let index_path = layout.join("index.json");
     let mut index: Value = serde_json::from_slice(&fs::read(&index_path).unwrap()).unwrap();
     let host = index["manifests"][0].clone();
@@ -661,20 +662,34 @@ fn make_multi_platform(layout: &Path, tag: &str) {
         .unwrap();
         d
     };
-    let missing_layer = sha256(b"not in this layout");
-    let other_config = serde_json::to_vec(&json!({
-        "architecture": "s390x",
-        "os": "linux",
-        "rootfs": {"type": "layers", "diff_ids": [missing_layer]},
-    }))
-    .unwrap();
-    let other = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": put(&other_config), "size": other_config.len()},
-        "layers": [{"mediaType": OCI_GZIP, "digest": missing_layer, "size": 18}],
-    }))
-    .unwrap();
+    let other = if valid_other {
+        let read =
+            |d: &str| fs::read(layout.join("blobs/sha256").join(&d["sha256:".len()..])).unwrap();
+        let mut manifest: Value =
+            serde_json::from_slice(&read(host["digest"].as_str().unwrap())).unwrap();
+        let mut config: Value =
+            serde_json::from_slice(&read(manifest["config"]["digest"].as_str().unwrap())).unwrap();
+        config["architecture"] = json!("s390x");
+        let config = serde_json::to_vec(&config).unwrap();
+        manifest["config"] =
+            json!({"mediaType": OCI_CONFIG, "digest": put(&config), "size": config.len()});
+        serde_json::to_vec(&manifest).unwrap()
+    } else {
+        let missing_layer = sha256(b"not in this layout");
+        let other_config = serde_json::to_vec(&json!({
+            "architecture": "s390x",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [missing_layer]},
+        }))
+        .unwrap();
+        serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": put(&other_config), "size": other_config.len()},
+            "layers": [{"mediaType": OCI_GZIP, "digest": missing_layer, "size": 18}],
+        }))
+        .unwrap()
+    };
     let mut host_entry = host.clone();
     host_entry.as_object_mut().unwrap().remove("annotations");
     host_entry["platform"] = json!({"os": "linux", "architecture": host_arch()});
@@ -702,7 +717,7 @@ fn multi_platform_source_converts_the_chosen_platform_only() {
     let work = scratch();
     let src_layout = work.path().join("src-layout");
     let source_config = write_source_layout(&src_layout, "multi");
-    make_multi_platform(&src_layout, "multi");
+    make_multi_platform(&src_layout, "multi", false);
     let src = format!("oci:{}:multi", src_layout.display());
 
     // Default: this host's platform; the result is a plain manifest.
@@ -734,6 +749,124 @@ fn multi_platform_source_converts_the_chosen_platform_only() {
     assert!(
         err.contains(&sha256(b"not in this layout")["sha256:".len()..]),
         "{err}"
+    );
+}
+
+#[test]
+fn all_platforms_converts_every_platform_into_an_index() {
+    let work = scratch();
+    let src_layout = work.path().join("src-layout");
+    let source_config = write_source_layout(&src_layout, "multi");
+    make_multi_platform(&src_layout, "multi", true);
+    let reg = Registry::start();
+    which("skopeo").expect("the test needs `skopeo` (apt-get install skopeo)");
+    run_ok(
+        Command::new("skopeo")
+            .args([
+                "copy",
+                "--all",
+                "--insecure-policy",
+                "--preserve-digests",
+                "--dest-tls-verify=false",
+            ])
+            .arg(format!("oci:{}:multi", src_layout.display()))
+            .arg(format!("docker://{}/multi:v1", reg.addr)),
+    );
+
+    let summary = convert_image(
+        &format!("{}/multi:v1", reg.addr),
+        &format!("{}/multi-esgz:v1", reg.addr),
+        &["--all-platforms"],
+    );
+    let index_bytes = reg.manifest("multi-esgz", "v1");
+    assert_eq!(summary["indexDigest"], sha256(&index_bytes));
+    let index: Value = serde_json::from_slice(&index_bytes).unwrap();
+    assert_eq!(
+        index["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    let entries = index["manifests"].as_array().unwrap();
+    let archs: Vec<&str> = entries
+        .iter()
+        .map(|e| e["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        archs,
+        ["s390x", host_arch()],
+        "every platform, in the source order"
+    );
+    for (i, entry) in entries.iter().enumerate() {
+        assert_eq!(entry["mediaType"], OCI_MANIFEST);
+        let manifest = reg.manifest("multi-esgz", entry["digest"].as_str().unwrap());
+        assert_eq!(entry["size"], manifest.len());
+        let one = &summary["manifests"][i];
+        assert_eq!(one["platform"], entry["platform"]);
+        check_converted(
+            work.path(),
+            &manifest,
+            &|d| reg.blob("multi-esgz", d),
+            &source_config,
+            one,
+        );
+    }
+
+    // The same into a layout: its tag names the index.
+    let dst_layout = work.path().join("dst-layout");
+    let from_layout = convert_image(
+        &format!("oci:{}:multi", src_layout.display()),
+        &format!("oci:{}:all", dst_layout.display()),
+        &["--all-platforms"],
+    );
+    assert_eq!(
+        from_layout["indexDigest"], summary["indexDigest"],
+        "same images, same index"
+    );
+    let layout_index: Value =
+        serde_json::from_slice(&fs::read(dst_layout.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        layout_index["manifests"][0]["digest"],
+        summary["indexDigest"]
+    );
+    assert_eq!(
+        layout_index["manifests"][0]["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+}
+
+#[test]
+fn kept_layers_are_copied_across_registries() {
+    let work = scratch();
+    let src_layout = work.path().join("src-layout");
+    let source_config = write_source_layout(&src_layout, "v1");
+    let a = Registry::start();
+    let b = Registry::start();
+    let first = convert_image(
+        &format!("oci:{}:v1", src_layout.display()),
+        &format!("{}/img:v1", a.addr),
+        &[],
+    );
+    // A → B: nothing to convert, and no mount is possible across registries: every blob is
+    // fetched from A and pushed to B.
+    let copied = convert_image(
+        &format!("{}/img:v1", a.addr),
+        &format!("{}/img:v1", b.addr),
+        &[],
+    );
+    assert_eq!(copied["manifestDigest"], first["manifestDigest"]);
+    assert!(
+        copied["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["kept"] == true)
+    );
+    let manifest = b.manifest("img", "v1");
+    check_converted(
+        work.path(),
+        &manifest,
+        &|d| b.blob("img", d),
+        &source_config,
+        &copied,
     );
 }
 
@@ -825,11 +958,11 @@ fn basic_auth_registry_with_docker_config_credentials() {
     );
 }
 
-/// Writes a content-addressed chunk file into a cache dir (the chunk store's on-disk layout),
-/// with a given last-use time.
+/// Writes a content-addressed chunk file into a cache dir (the chunk store's on-disk layout, in
+/// the cache dir's `store/`), with a given last-use time.
 fn put_chunk(cache: &Path, data: &[u8], mtime_secs: u64) -> PathBuf {
     let hex = sha256(data)["sha256:".len()..].to_owned();
-    let dir = cache.join("chunks/sha256").join(&hex[..2]);
+    let dir = cache.join("store/chunks/sha256").join(&hex[..2]);
     fs::create_dir_all(&dir).unwrap();
     let path = dir.join(&hex);
     fs::write(&path, data).unwrap();

@@ -86,7 +86,11 @@ pub fn build_packed(groups: &[Vec<Vec<u8>>]) -> TestBlob {
     let size = bytes.len() as u64;
     let starts: Vec<u64> = chunks.iter().map(|c| c.offset).collect();
     for c in &mut chunks {
-        c.next_offset = starts.iter().copied().find(|&s| s > c.offset).unwrap_or(size);
+        c.next_offset = starts
+            .iter()
+            .copied()
+            .find(|&s| s > c.offset)
+            .unwrap_or(size);
     }
     let digest = Digest::sha256(&bytes);
     TestBlob {

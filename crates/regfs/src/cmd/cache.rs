@@ -1,7 +1,8 @@
 //! `regfs cache du|gc`: look at and trim the on-disk chunk store that lazy mounts fill.
 //!
-//! The cache directory is the root of a [`regfs_blob::ChunkStore`] (`chunks/sha256/..` + `tmp/`);
-//! `--cache-dir` wins over `$REGFS_CACHE_DIR`, which wins over `/var/lib/regfs/cache`. `gc`
+//! The cache directory (`--cache-dir`, else `$REGFS_CACHE_DIR`, else `/var/lib/regfs/cache`: the
+//! same rule as the lazy mounts, [`crate::lazy::cache_dir`]) holds the [`regfs_blob::ChunkStore`]
+//! in its `store/` subdirectory (`store/chunks/sha256/..` + `store/tmp/`). `gc`
 //! evicts least recently used chunks until the store holds at most `--max-size` bytes; a mount
 //! reading a chunk being evicted still reads it (unlinked files stay readable) or refetches it.
 
@@ -12,10 +13,8 @@ use anyhow::{Context, bail};
 use regfs_blob::ChunkStore;
 use serde_json::json;
 
-/// Where the cache lives when neither `--cache-dir` nor `$REGFS_CACHE_DIR` says otherwise.
-pub const DEFAULT_CACHE_DIR: &str = "/var/lib/regfs/cache";
-/// Environment variable naming the cache directory.
-pub const CACHE_DIR_ENV: &str = "REGFS_CACHE_DIR";
+/// The chunk store's directory inside the cache directory (where `lazy.rs` opens it).
+const STORE_SUBDIR: &str = "store";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -42,23 +41,21 @@ enum Action {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let dir = args
-        .cache_dir
-        .or_else(|| std::env::var_os(CACHE_DIR_ENV).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR));
-    // `du` must not create a cache where there is none (it would hide a wrong path).
+    let dir = crate::lazy::cache_dir(args.cache_dir).join(STORE_SUBDIR);
+    // Opening a store creates it: `du` must not invent an empty cache where there is none (that
+    // would hide a wrong path).
     if !dir.is_dir() {
-        bail!("no cache directory at {}", dir.display());
+        bail!("no chunk store at {}", dir.display());
     }
     let store = ChunkStore::open(&dir, None)
-        .with_context(|| format!("opening the cache {}", dir.display()))?;
+        .with_context(|| format!("opening the chunk store {}", dir.display()))?;
     match args.action {
         Action::Du => {
             let usage = store.du();
             if args.json {
                 println!(
                     "{}",
-                    json!({"cacheDir": dir, "chunks": usage.chunks, "bytes": usage.bytes})
+                    json!({"store": dir, "chunks": usage.chunks, "bytes": usage.bytes})
                 );
             } else {
                 println!(
@@ -78,7 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 println!(
                     "{}",
                     json!({
-                        "cacheDir": dir,
+                        "store": dir,
                         "removedChunks": report.removed_chunks,
                         "freedBytes": report.freed_bytes,
                         "chunks": report.usage.chunks,

@@ -14,7 +14,8 @@
 //! ```
 //!
 //! Multi-platform sources: only the platform chosen by `--platform` (default: this host's) is
-//! converted and DST is a plain manifest, not an index.
+//! converted and DST is a plain manifest; with `--all-platforms` every platform is converted,
+//! its manifest pushed by digest, and DST is an OCI index of them.
 //!
 //! Blobs are pushed from memory-mapped temp files (the page cache, not the heap, holds them);
 //! blobs the destination already has are skipped (the client HEADs first), and within one
@@ -29,10 +30,12 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use regfs_estargz::{ConvertOptions, Digest, FOOTER_SIZE, parse_footer};
-use regfs_registry::{Client, MEDIA_TYPE_OCI_MANIFEST as OCI_MANIFEST, Reference};
+use regfs_registry::{
+    Client, MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST as OCI_MANIFEST, Reference, is_index,
+};
 use serde_json::json;
 
-use super::inspect_ref::{
+use crate::remote::{
     PREFETCH_SIZE_ANNOTATION, TOC_DIGEST_ANNOTATION, TOC_OFFSET_ANNOTATION,
     UNCOMPRESSED_SIZE_ANNOTATION,
 };
@@ -69,6 +72,10 @@ pub struct Args {
     /// Convert layers that already are eStargz too.
     #[arg(long)]
     force: bool,
+    /// Convert every platform of a multi-platform source and push an index of the results
+    /// (default: only the --platform one, pushed as a plain manifest).
+    #[arg(long)]
+    all_platforms: bool,
     /// Layers converted in parallel.
     #[arg(long, default_value_t = DEFAULT_JOBS, value_parser = clap::value_parser!(u64).range(1..=64))]
     jobs: u64,
@@ -80,6 +87,7 @@ pub struct Args {
 }
 
 /// Where an image is read from or written to.
+#[derive(Clone)]
 enum Location {
     Registry(Reference),
     Layout { dir: PathBuf, tag: Option<String> },
@@ -151,6 +159,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         registry: args.registry,
         options,
         per_layer: None,
+        all_platforms: args.all_platforms,
         force: args.force,
         jobs: args.jobs,
         tmp_dir: args.tmp_dir,
@@ -181,6 +190,7 @@ pub fn convert_prioritized(
         registry: registry.clone(),
         options,
         per_layer: Some(per_layer),
+        all_platforms: false,
         force: true,
         jobs: DEFAULT_JOBS,
         tmp_dir: None,
@@ -195,6 +205,7 @@ struct Plan {
     options: ConvertOptions,
     /// Prioritized files per layer, overriding `options.prioritized_files`.
     per_layer: Option<Vec<Vec<String>>>,
+    all_platforms: bool,
     force: bool,
     jobs: u64,
     tmp_dir: Option<PathBuf>,
@@ -214,44 +225,93 @@ fn execute(plan: Plan) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
-        let src = resolve_source(&client, src, &platform)
-            .await
-            .with_context(|| format!("resolving {}", plan.src))?;
-        let dst_layout = match &dst {
-            Location::Layout { dir, .. } => Some(OciLayout::create(dir)?),
-            Location::Registry(_) => None,
+    let dst_layout = match &dst {
+        Location::Layout { dir, .. } => Some(OciLayout::create(dir)?),
+        Location::Registry(_) => None,
+    };
+    let bars = std::io::stderr()
+        .is_terminal()
+        .then(indicatif::MultiProgress::new);
+    let jobs = usize::try_from(plan.jobs).unwrap_or(1);
+    let what = || format!("converting {} to {}", plan.src, plan.dst);
+    let summary = runtime.block_on(async {
+        let platforms = if plan.all_platforms {
+            source_platforms(&client, &src)
+                .await
+                .with_context(|| format!("listing the platforms of {}", plan.src))?
+        } else {
+            None
         };
-        let job = Arc::new(Job {
-            client,
-            src,
-            dst,
-            dst_layout,
-            options: plan.options,
-            per_layer: plan.per_layer,
-            force: plan.force,
-            tmp_dir,
-            bars: std::io::stderr()
-                .is_terminal()
-                .then(indicatif::MultiProgress::new),
-            permits: tokio::sync::Semaphore::new(usize::try_from(plan.jobs).unwrap_or(1)),
-        });
-        let summary = convert_image(&job)
-            .await
-            .with_context(|| format!("converting {} to {}", plan.src, plan.dst))?;
-        println!("{summary}");
-        anyhow::Ok(())
+        let make_job = |src: Source| {
+            Arc::new(Job {
+                client: client.clone(),
+                src,
+                dst: dst.clone(),
+                dst_layout: dst_layout.clone(),
+                options: plan.options.clone(),
+                per_layer: plan.per_layer.clone(),
+                force: plan.force,
+                tmp_dir: tmp_dir.clone(),
+                bars: bars.clone(),
+                permits: tokio::sync::Semaphore::new(jobs),
+            })
+        };
+        let Some(platforms) = platforms else {
+            let src = resolve_source(&client, src.clone(), &platform, None)
+                .await
+                .with_context(|| format!("resolving {}", plan.src))?;
+            let job = make_job(src);
+            let (summary, _) = convert_image(&job, true).await.with_context(what)?;
+            return anyhow::Ok(summary);
+        };
+        let mut entries = Vec::new();
+        let mut summaries = Vec::new();
+        let mut last_job = None;
+        for desc in platforms {
+            let digest = desc.digest()?;
+            let src = resolve_source(&client, src.clone(), &platform, Some(digest))
+                .await
+                .with_context(|| format!("resolving {}@{digest}", plan.src))?;
+            let job = make_job(src);
+            let (mut summary, manifest) = convert_image(&job, false).await.with_context(what)?;
+            summary["platform"] = desc.platform.clone().unwrap_or_default();
+            entries.push(json!({
+                "mediaType": OCI_MANIFEST,
+                "digest": Digest::sha256(&manifest).to_string(),
+                "size": manifest.len(),
+                "platform": desc.platform,
+            }));
+            summaries.push(summary);
+            last_job = Some(job);
+        }
+        let Some(job) = last_job else {
+            bail!("{} is an index without platform manifests", plan.src);
+        };
+        let index = serde_json::to_vec(&json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_TYPE_OCI_INDEX,
+            "manifests": entries,
+        }))?;
+        let index_digest = push_manifest(&job, MEDIA_TYPE_OCI_INDEX, index, true).await?;
+        Ok(json!({"indexDigest": index_digest.to_string(), "manifests": summaries}))
     })?;
+    println!("{summary}");
     Ok(ExitCode::SUCCESS)
 }
 
+/// The source image; `pinned` names one manifest of a multi-platform source directly.
 async fn resolve_source(
     client: &Client,
     location: Location,
     platform: &regfs_registry::Platform,
+    pinned: Option<Digest>,
 ) -> anyhow::Result<Source> {
     match location {
         Location::Registry(r) => {
+            let r = match pinned {
+                Some(d) => r.with_digest(d),
+                None => r,
+            };
             let image = client.resolve(&r).await?;
             let manifest = serde_json::from_slice(&image.manifest_bytes)
                 .with_context(|| format!("parsing manifest {}", image.manifest_digest))?;
@@ -265,7 +325,10 @@ async fn resolve_source(
         }
         Location::Layout { dir, tag } => {
             let layout = OciLayout::open(&dir)?;
-            let image = layout.resolve(tag.as_deref(), platform)?;
+            let image = match pinned {
+                Some(d) => layout.resolve_manifest(&d)?,
+                None => layout.resolve(tag.as_deref(), platform)?,
+            };
             Ok(Source {
                 location: Location::Layout { dir, tag },
                 layout: Some(layout),
@@ -277,7 +340,37 @@ async fn resolve_source(
     }
 }
 
-async fn convert_image(job: &Arc<Job>) -> anyhow::Result<serde_json::Value> {
+/// The per-platform manifests when the source is a multi-platform index, else `None`.
+async fn source_platforms(
+    client: &Client,
+    location: &Location,
+) -> anyhow::Result<Option<Vec<Descriptor>>> {
+    match location {
+        Location::Registry(r) => {
+            let (body, media_type, _) = client.fetch_manifest(r).await?;
+            if !is_index(&media_type) {
+                return Ok(None);
+            }
+            let index: ManifestBody =
+                serde_json::from_slice(&body).with_context(|| format!("parsing index {r}"))?;
+            Ok(Some(
+                index
+                    .manifests
+                    .into_iter()
+                    .filter(|d| d.platform.is_some())
+                    .collect(),
+            ))
+        }
+        Location::Layout { dir, tag } => OciLayout::open(dir)?.platform_manifests(tag.as_deref()),
+    }
+}
+
+/// Converts the job's image and pushes config and manifest (under DST's tag when `tagged`,
+/// else by digest only); returns the summary and the manifest bytes.
+async fn convert_image(
+    job: &Arc<Job>,
+    tagged: bool,
+) -> anyhow::Result<(serde_json::Value, Vec<u8>)> {
     let src_manifest: serde_json::Value = serde_json::from_slice(&job.src.manifest_bytes)?;
     let mut config: serde_json::Value =
         serde_json::from_slice(&job.src.config_bytes).context("parsing the source image config")?;
@@ -330,9 +423,9 @@ async fn convert_image(job: &Arc<Job>) -> anyhow::Result<serde_json::Value> {
         manifest["annotations"] = a.clone();
     }
     let manifest_bytes = serde_json::to_vec(&manifest)?;
-    let manifest_digest = push_manifest(job, manifest_bytes).await?;
+    let manifest_digest = push_manifest(job, OCI_MANIFEST, manifest_bytes.clone(), tagged).await?;
 
-    Ok(json!({
+    let summary = json!({
         "manifestDigest": manifest_digest.to_string(),
         "configDigest": config_digest.to_string(),
         "layers": layers.iter().map(|l| json!({
@@ -344,7 +437,8 @@ async fn convert_image(job: &Arc<Job>) -> anyhow::Result<serde_json::Value> {
             "kept": l.kept,
             "missedPrioritized": l.missed_prioritized,
         })).collect::<Vec<_>>(),
-    }))
+    });
+    Ok((summary, manifest_bytes))
 }
 
 /// Converts (or keeps) layer `i` and puts its blob into the destination.
@@ -405,7 +499,7 @@ async fn layer(
     if let Some(b) = &bar {
         b.set_length(desc.size);
     }
-    let (source_path, _fetched) = fetch_to_file(job, &digest).await?;
+    let (source_path, _fetched) = fetch_to_file(job, &digest, bar.as_ref()).await?;
     status("converting");
     let converted: ConvertedLayer = {
         let job = job.clone();
@@ -494,12 +588,16 @@ async fn estargz_footer(
 async fn fetch_to_file(
     job: &Job,
     digest: &Digest,
+    bar: Option<&indicatif::ProgressBar>,
 ) -> anyhow::Result<(PathBuf, Option<tempfile::TempPath>)> {
     match (&job.src.location, &job.src.layout) {
         (Location::Registry(r), _) => {
             let tmp = tempfile::NamedTempFile::new_in(&job.tmp_dir)
                 .with_context(|| format!("creating a temp file in {}", job.tmp_dir.display()))?;
-            let mut file = tokio::fs::File::from_std(tmp.reopen()?);
+            let mut file = Metered {
+                inner: tokio::fs::File::from_std(tmp.reopen()?),
+                bar: bar.cloned(),
+            };
             job.client
                 .fetch_blob_to(r, digest, &mut file)
                 .await
@@ -509,6 +607,41 @@ async fn fetch_to_file(
         }
         (_, Some(layout)) => Ok((layout.blob_path(digest), None)),
         (Location::Layout { .. }, None) => bail!("source layout not open"),
+    }
+}
+
+/// A writer that advances a progress bar by the bytes passing through it.
+struct Metered<W> {
+    inner: W,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Metered<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let (std::task::Poll::Ready(Ok(n)), Some(bar)) = (&polled, &this.bar) {
+            bar.inc(*n as u64);
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -532,7 +665,7 @@ async fn copy_blob(job: &Job, desc: &Descriptor, digest: &Digest) -> anyhow::Res
     {
         return Ok(());
     }
-    let (path, _tmp) = fetch_to_file(job, digest).await?;
+    let (path, _tmp) = fetch_to_file(job, digest, None).await?;
     let size = std::fs::metadata(&path)?.len();
     if size != desc.size {
         bail!(
@@ -589,24 +722,41 @@ async fn push_bytes(job: &Job, digest: &Digest, data: Bytes) -> anyhow::Result<(
     }
 }
 
-async fn push_manifest(job: &Job, body: Vec<u8>) -> anyhow::Result<Digest> {
+/// Pushes a manifest or index: under DST's tag when `tagged`, else by digest only (the
+/// per-platform manifests of an index).
+async fn push_manifest(
+    job: &Job,
+    media_type: &str,
+    body: Vec<u8>,
+    tagged: bool,
+) -> anyhow::Result<Digest> {
+    let digest = Digest::sha256(&body);
     match (&job.dst, &job.dst_layout) {
-        (Location::Registry(r), _) => Ok(job
-            .client
-            .push_manifest(r, OCI_MANIFEST, Bytes::from(body))
-            .await
-            .with_context(|| format!("pushing the manifest to {r}"))?),
+        (Location::Registry(r), _) => {
+            let target = if tagged {
+                r.clone()
+            } else {
+                r.with_digest(digest)
+            };
+            Ok(job
+                .client
+                .push_manifest(&target, media_type, Bytes::from(body))
+                .await
+                .with_context(|| format!("pushing the manifest to {target}"))?)
+        }
         (Location::Layout { tag, .. }, Some(layout)) => {
             let size = body.len() as u64;
-            let digest = layout.put_blob_bytes(&body)?;
-            let desc = Descriptor {
-                media_type: OCI_MANIFEST.to_owned(),
-                digest: digest.to_string(),
-                size,
-                platform: None,
-                annotations: BTreeMap::new(),
-            };
-            layout.set_tag(tag.as_deref().unwrap_or("latest"), desc)?;
+            layout.put_blob_bytes(&body)?;
+            if tagged {
+                let desc = Descriptor {
+                    media_type: media_type.to_owned(),
+                    digest: digest.to_string(),
+                    size,
+                    platform: None,
+                    annotations: BTreeMap::new(),
+                };
+                layout.set_tag(tag.as_deref().unwrap_or("latest"), desc)?;
+            }
             Ok(digest)
         }
         (Location::Layout { .. }, None) => bail!("destination layout not open"),

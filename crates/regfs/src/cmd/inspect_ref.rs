@@ -30,26 +30,7 @@ use serde_json::json;
 use crate::layer_convert::prefetch_landmark;
 use crate::oci_layout::{Descriptor, ManifestBody};
 use crate::registry_args::RegistryArgs;
-
-/// Annotation with the sha256 of the layer's TOC JSON (stargz-snapshotter's name).
-pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
-/// Annotation with the layer's uncompressed size (estargz's name).
-pub const UNCOMPRESSED_SIZE_ANNOTATION: &str = "io.containers.estargz.uncompressed-size";
-/// regfs hint: compressed offset of the TOC member, so that a reader fetches it in one exact read.
-pub const TOC_OFFSET_ANNOTATION: &str = "io.regfs.estargz.toc-offset";
-/// regfs hint: offset of the prefetch landmark (bytes worth prefetching from the blob start).
-pub const PREFETCH_SIZE_ANNOTATION: &str = "io.regfs.estargz.prefetch-size";
-
-/// Smallest tail read without a hint: a small TOC plus the footer fit, for one round trip.
-const MIN_TAIL: u64 = 64 * 1024;
-/// Largest tail read without a hint; a TOC past this costs a second, exact read instead.
-const MAX_TAIL: u64 = 8 << 20;
-/// Largest TOC member read: TOC JSON compresses about 8x, so 64 MiB holds a TOC at the format
-/// crate's 512 MiB limit, while a hostile hint or footer cannot make us buffer a whole big blob.
-const MAX_TOC_READ: u64 = 64 << 20;
-/// Tail share of the blob read without a hint: compressed TOCs run at 1–3 % of their layer, so a
-/// 1/32 tail holds the TOC most of the time at a modest over-read.
-const TAIL_DIVISOR: u64 = 32;
+use crate::remote::{MAX_TOC_READ, TOC_DIGEST_ANNOTATION, TOC_OFFSET_ANNOTATION, tail_len};
 
 /// `regfs inspect REF [--json] [--toc]` for a registry reference.
 pub fn run(
@@ -165,17 +146,11 @@ async fn inspect(
 
 /// The first read: exact with the hint, else a tail share of the blob.
 fn first_read(desc: &Descriptor) -> u64 {
-    let size = desc.size;
-    if let Some(off) = desc
+    let hint = desc
         .annotations
         .get(TOC_OFFSET_ANNOTATION)
-        .and_then(|s| s.parse::<u64>().ok())
-        .filter(|&off| off < size && size - off <= MAX_TOC_READ)
-    {
-        return off;
-    }
-    let tail = (size / TAIL_DIVISOR).clamp(MIN_TAIL, MAX_TAIL).min(size);
-    size - tail
+        .and_then(|s| s.parse::<u64>().ok());
+    desc.size - tail_len(desc.size, hint)
 }
 
 /// Footer + TOC of one layer by range reads; failures are reported in the result, not raised,
@@ -350,42 +325,5 @@ impl ImageReport {
                 t.reads
             );
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn desc(size: u64, hint: Option<&str>) -> Descriptor {
-        let mut d = Descriptor {
-            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-            digest: String::new(),
-            size,
-            platform: None,
-            annotations: BTreeMap::new(),
-        };
-        if let Some(h) = hint {
-            d.annotations.insert(TOC_OFFSET_ANNOTATION.into(), h.into());
-        }
-        d
-    }
-
-    #[test]
-    fn first_read_sizes() {
-        // Small blob: all of it.
-        assert_eq!(first_read(&desc(1000, None)), 0);
-        // Minimum tail.
-        assert_eq!(first_read(&desc(1 << 20, None)), (1 << 20) - MIN_TAIL);
-        // Proportional tail.
-        assert_eq!(first_read(&desc(64 << 20, None)), (64 << 20) - (2 << 20));
-        // Capped tail.
-        assert_eq!(first_read(&desc(1 << 30, None)), (1 << 30) - MAX_TAIL);
-        // The hint wins; a hint past the blob is ignored.
-        assert_eq!(first_read(&desc(1 << 30, Some("12345"))), 12345);
-        assert_eq!(first_read(&desc(1000, Some("5000"))), 0);
-        assert_eq!(first_read(&desc(1000, Some("junk"))), 0);
-        // A hint asking for more than a TOC can be falls back to the tail rule.
-        assert_eq!(first_read(&desc(1 << 30, Some("0"))), (1 << 30) - MAX_TAIL);
     }
 }

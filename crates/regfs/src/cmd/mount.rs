@@ -78,9 +78,9 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         socket.clone(),
         image.clone(),
         args.dir.clone(),
-    ))];
+    )?)];
     if let Some(addr) = args.metrics_addr {
-        tasks.push(tokio::spawn(control::serve_metrics(addr, image.clone(), args.dir.clone())));
+        tasks.push(tokio::spawn(control::serve_metrics(addr, image.clone(), args.dir.clone())?));
     }
     tracing::info!(reference = %image.reference, dir = %args.dir.display(), open_ms = image.open_time.as_millis() as u64, "mounted");
     if let Some(mut f) = ready {
@@ -164,7 +164,7 @@ fn daemonize(dir: &Path) -> anyhow::Result<ExitCode> {
             Ok(())
         });
     }
-    let child = cmd.spawn().context("starting the background mount")?;
+    let mut child = cmd.spawn().context("starting the background mount")?;
     drop(wr);
     let mut answer = String::new();
     std::fs::File::from(rd).read_to_string(&mut answer)?;
@@ -172,6 +172,8 @@ fn daemonize(dir: &Path) -> anyhow::Result<ExitCode> {
         println!("{}", child.id());
         return Ok(ExitCode::SUCCESS);
     }
+    // The pipe closes as soon as the child drops it, before it prints its error: wait for it.
+    let _ = child.wait();
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     bail!(
         "the background mount failed:\n{}",

@@ -7,6 +7,7 @@
 
 pub mod blob;
 pub mod containerd;
+pub mod image;
 pub mod layers;
 pub mod oracle;
 pub mod registry;

@@ -169,6 +169,47 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// The registry's filesystem storage root (`rootdirectory`): blobs live under
+    /// `docker/registry/v2/blobs/sha256/xx/<hex>/data`.
+    pub fn storage_root(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+
+    /// Kills the registry process (its storage stays) and waits for it to be gone.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the registry again on the same port with the same storage and config.
+    pub fn restart(&mut self) {
+        self.stop();
+        let bin = which("docker-registry").expect("docker-registry");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self._dir.path().join("registry.log"))
+            .expect("registry log");
+        self.child = Command::new(bin)
+            .arg("serve")
+            .arg(self._dir.path().join("config.yml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("respawn docker-registry");
+        let deadline = Instant::now() + STARTUP_LIMIT;
+        while self.try_get("/v2/", None).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not restart on {}",
+                self.addr
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 impl Drop for Registry {
     fn drop(&mut self) {
         // Only our own child, by PID.
