@@ -112,16 +112,36 @@ pub fn prometheus(r: &MountReport) -> String {
     let mut out = String::new();
     type Metric = (&'static str, &'static str, fn(&LayerReport) -> u64);
     let metrics: [Metric; 8] = [
-        ("regfs_layer_size_bytes", "compressed layer size", |l| l.size),
-        ("regfs_layer_fetched_bytes", "compressed bytes fetched", |l| l.stats.bytes_fetched),
-        ("regfs_layer_requests_total", "requests to the registry", |l| l.stats.requests),
-        ("regfs_layer_cache_hits_total", "chunks served from the cache", |l| l.stats.cache_hits),
-        ("regfs_layer_cache_misses_total", "chunks fetched", |l| l.stats.cache_misses),
-        ("regfs_layer_verification_failures_total", "chunks with a wrong digest", |l| {
-            l.stats.verification_failures
+        ("regfs_layer_size_bytes", "compressed layer size", |l| {
+            l.size
         }),
+        (
+            "regfs_layer_fetched_bytes",
+            "compressed bytes fetched",
+            |l| l.stats.bytes_fetched,
+        ),
+        (
+            "regfs_layer_requests_total",
+            "requests to the registry",
+            |l| l.stats.requests,
+        ),
+        (
+            "regfs_layer_cache_hits_total",
+            "chunks served from the cache",
+            |l| l.stats.cache_hits,
+        ),
+        ("regfs_layer_cache_misses_total", "chunks fetched", |l| {
+            l.stats.cache_misses
+        }),
+        (
+            "regfs_layer_verification_failures_total",
+            "chunks with a wrong digest",
+            |l| l.stats.verification_failures,
+        ),
         ("regfs_layer_reads_total", "read() calls", |l| l.stats.reads),
-        ("regfs_layer_lazy", "1 if the layer is served lazily", |l| u64::from(l.lazy)),
+        ("regfs_layer_lazy", "1 if the layer is served lazily", |l| {
+            u64::from(l.lazy)
+        }),
     ];
     for (name, help, get) in metrics {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
@@ -190,8 +210,13 @@ pub fn serve_metrics(
 pub fn query(dir: &Path) -> anyhow::Result<serde_json::Value> {
     use std::io::Read;
     let socket = socket_path(dir)?;
-    let mut conn = std::os::unix::net::UnixStream::connect(&socket)
-        .with_context(|| format!("{} is not a live regfs mount (no {})", dir.display(), socket.display()))?;
+    let mut conn = std::os::unix::net::UnixStream::connect(&socket).with_context(|| {
+        format!(
+            "{} is not a live regfs mount (no {})",
+            dir.display(),
+            socket.display()
+        )
+    })?;
     let mut body = Vec::new();
     conn.read_to_end(&mut body)?;
     serde_json::from_slice(&body).context("parsing the mount's report")

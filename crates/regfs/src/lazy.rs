@@ -193,11 +193,18 @@ async fn fill_layer(
         tracing::warn!(layer = %digest, error = %e, "prefetch failed; reads will fetch on demand");
     }
     for batch in all_chunks.chunks(BACKGROUND_BATCH) {
-        let missing: Vec<Chunk> = batch.iter().filter(|c| !handle.is_cached(c)).cloned().collect();
+        let missing: Vec<Chunk> = batch
+            .iter()
+            .filter(|c| !handle.is_cached(c))
+            .cloned()
+            .collect();
         if missing.is_empty() {
             continue;
         }
-        if let Err(e) = handle.read_chunks(&missing, RequestSource::Background).await {
+        if let Err(e) = handle
+            .read_chunks(&missing, RequestSource::Background)
+            .await
+        {
             tracing::warn!(layer = %digest, error = %e, "background fetch stopped");
             return;
         }

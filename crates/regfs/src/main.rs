@@ -9,8 +9,8 @@ use clap::Parser;
 
 mod cmd;
 mod control;
-mod lazy;
 mod layer_convert;
+mod lazy;
 mod oci_layout;
 mod registry_args;
 mod remote;

@@ -62,8 +62,14 @@ pub fn tail_len(blob_size: u64, toc_offset_hint: Option<u64>) -> u64 {
     {
         return blob_size - off;
     }
-    (blob_size / TAIL_DIVISOR + MIN_TAIL).min(MAX_TAIL).min(blob_size)
+    (blob_size / TAIL_DIVISOR + MIN_TAIL)
+        .min(MAX_TAIL)
+        .min(blob_size)
 }
+
+/// How far the early prefetch request trails the tail read: enough for the tail's request to
+/// leave first, a negligible delay next to a round trip.
+const PREFETCH_BEHIND_TAIL: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// How to open an image.
 #[derive(Clone, Debug, Default)]
@@ -145,13 +151,17 @@ pub async fn open_image(
         ImageConfiguration::from_reader(&bytes[..])
             .with_context(|| format!("parsing config {config_digest} of {reference}"))
     };
-    let registry: Arc<dyn BlobSource> = Arc::new(RegistrySource::new(client.clone(), pinned.clone()));
+    let registry: Arc<dyn BlobSource> =
+        Arc::new(RegistrySource::new(client.clone(), pinned.clone()));
     let layer_futs = manifest
         .layers()
         .iter()
         .map(|desc| open_layer(client, &pinned, registry.clone(), desc, cache, opts));
     let (config, layers) = tokio::join!(config_fut, futures::future::join_all(layer_futs));
-    tracing::debug!(ms = t0.elapsed().as_millis() as u64, "config and layer TOCs");
+    tracing::debug!(
+        ms = t0.elapsed().as_millis() as u64,
+        "config and layer TOCs"
+    );
     let config = config?;
     let layers = layers.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
     Ok(OpenedImage {
@@ -172,13 +182,13 @@ async fn open_layer(
 ) -> anyhow::Result<OpenedLayer> {
     let digest: Digest = desc.digest().to_string().parse()?;
     let size = desc.size();
-    let want_toc: Option<Digest> = match annotation(desc, TOC_DIGEST_ANNOTATION) {
-        Some(s) => Some(
-            s.parse()
-                .with_context(|| format!("layer {digest}: bad {TOC_DIGEST_ANNOTATION} annotation"))?,
-        ),
-        None => None,
-    };
+    let want_toc: Option<Digest> =
+        match annotation(desc, TOC_DIGEST_ANNOTATION) {
+            Some(s) => Some(s.parse().with_context(|| {
+                format!("layer {digest}: bad {TOC_DIGEST_ANNOTATION} annotation")
+            })?),
+            None => None,
+        };
     let toc_hint = annotation(desc, TOC_OFFSET_ANNOTATION).and_then(|s| s.parse::<u64>().ok());
     let prefetch_hint = annotation(desc, PREFETCH_SIZE_ANNOTATION)
         .and_then(|s| s.parse::<u64>().ok())
@@ -186,15 +196,29 @@ async fn open_layer(
 
     // Without a TOC digest the tail is still read: an eStargz layer must then be refused (its
     // TOC can't be verified) rather than silently fetched whole; a plain layer falls back below.
-    // Start the landmark range in the same round trip as the TOC when the hint says where it is.
+
+    // The tail read goes out first; when the hint says where the landmark range ends, that range
+    // follows in the same round trip, just behind, so that on a shared link the small TOC
+    // arrives before megabytes of prefetch and the mount is ready early.
+    let tail_start = size - tail_len(size, toc_hint);
+    let tail_task = {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            registry
+                .read_ranges(&digest, std::slice::from_ref(&(tail_start..size)))
+                .await
+        })
+    };
     let source: Arc<dyn BlobSource> = match prefetch_hint {
-        Some(end) => Arc::new(EarlySource::start(registry.clone(), digest, 0..end)),
+        Some(end) => {
+            tokio::time::sleep(PREFETCH_BEHIND_TAIL).await;
+            Arc::new(EarlySource::start(registry.clone(), digest, 0..end))
+        }
         None => registry.clone(),
     };
-    let tail_start = size - tail_len(size, toc_hint);
-    let tail = registry
-        .read_ranges(&digest, std::slice::from_ref(&(tail_start..size)))
+    let tail = tail_task
         .await
+        .context("the tail read task failed")?
         .with_context(|| format!("reading the tail of layer {digest}"))?
         .pop()
         .unwrap_or_default();
@@ -239,7 +263,8 @@ async fn open_layer(
         ),
     }
     tracing::debug!(layer = %digest, tail = tail.len(), "TOC fetched");
-    let index = TocIndex::new(&toc, size).with_context(|| format!("indexing the TOC of layer {digest}"))?;
+    let index =
+        TocIndex::new(&toc, size).with_context(|| format!("indexing the TOC of layer {digest}"))?;
     tracing::debug!(layer = %digest, entries = index.len(), "TOC indexed");
     let handle = cache.layer(LayerBlob {
         digest,

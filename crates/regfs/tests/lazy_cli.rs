@@ -631,6 +631,11 @@ fn umount_with_reads_in_flight_ends_the_mount_process() {
         rx.recv_timeout(HANG_LIMIT)
             .expect("a reader hung after the mount went away");
     }
+    // The control socket went with the process; a second umount is a clear error.
+    let stderr = run_fail(regfs().arg("stats").arg(&mnt));
+    assert!(stderr.contains("not a live regfs mount"), "{stderr}");
+    let stderr = run_fail(regfs().arg("umount").arg(&mnt));
+    assert!(stderr.contains("not mounted"), "{stderr}");
 }
 
 #[test]

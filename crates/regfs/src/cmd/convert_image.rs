@@ -35,13 +35,13 @@ use regfs_registry::{
 };
 use serde_json::json;
 
+use crate::layer_convert::{ConvertedLayer, convert_layer};
+use crate::oci_layout::{self, Descriptor, ManifestBody, OciLayout};
+use crate::registry_args::RegistryArgs;
 use crate::remote::{
     PREFETCH_SIZE_ANNOTATION, TOC_DIGEST_ANNOTATION, TOC_OFFSET_ANNOTATION,
     UNCOMPRESSED_SIZE_ANNOTATION,
 };
-use crate::layer_convert::{ConvertedLayer, convert_layer};
-use crate::oci_layout::{self, Descriptor, ManifestBody, OciLayout};
-use crate::registry_args::RegistryArgs;
 
 pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";

@@ -75,8 +75,14 @@ fn demo(dir: &Path) -> anyhow::Result<()> {
 
     let reference = format!("{}/regfs-demo:esgz", registry.addr);
     let prio = dir.join("prioritized.txt");
-    std::fs::write(&prio, "bin/busybox\nbin/sh\napp/hello.sh\napp/message.txt\n")?;
-    step(&format!("regfs convert-image oci:{}:demo {reference}", layout.display()));
+    std::fs::write(
+        &prio,
+        "bin/busybox\nbin/sh\napp/hello.sh\napp/message.txt\n",
+    )?;
+    step(&format!(
+        "regfs convert-image oci:{}:demo {reference}",
+        layout.display()
+    ));
     regfs(&[
         "convert-image",
         &format!("oci:{}:demo", layout.display()),
@@ -92,7 +98,14 @@ fn demo(dir: &Path) -> anyhow::Result<()> {
     let mnt_s = mnt.to_string_lossy().into_owned();
     step(&format!("regfs mount --daemon {reference} {mnt_s}"));
     let start = Instant::now();
-    regfs(&["mount", "--daemon", "--cache-dir", &cache_s, &reference, &mnt_s])?;
+    regfs(&[
+        "mount",
+        "--daemon",
+        "--cache-dir",
+        &cache_s,
+        &reference,
+        &mnt_s,
+    ])?;
     println!("mounted in {} ms", start.elapsed().as_millis());
     step("ls -l app/ && cat app/message.txt (through the lazy mount)");
     shell(&format!("ls -l {mnt_s}/app && cat {mnt_s}/app/message.txt"))?;
@@ -165,7 +178,10 @@ fn start_registry(dir: &Path) -> anyhow::Result<Registry> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("docker-registry did not start listening on {}", registry.addr)
+    bail!(
+        "docker-registry did not start listening on {}",
+        registry.addr
+    )
 }
 
 /// Writes `tar czf` of `root` into the layout; returns (descriptor, diff id).
@@ -177,7 +193,11 @@ fn add_layer(layout: &OciLayout, root: &Path) -> anyhow::Result<(Descriptor, Dig
         .output()
         .context("running tar")?;
     if !out.status.success() {
-        bail!("tar of {} failed: {}", root.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "tar of {} failed: {}",
+            root.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let diff_id = Digest::sha256(&out.stdout);
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
@@ -223,8 +243,14 @@ fn build_sample_image(dir: &Path, layout_dir: &Path) -> anyhow::Result<()> {
         "#!/bin/sh\necho \"hello from a lazily pulled image: $(cat /app/message.txt)\"\n",
     )?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(app.join("app/hello.sh"), std::fs::Permissions::from_mode(0o755))?;
-    std::fs::write(app.join("app/message.txt"), "only the bytes you read were fetched\n")?;
+    std::fs::set_permissions(
+        app.join("app/hello.sh"),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
+    std::fs::write(
+        app.join("app/message.txt"),
+        "only the bytes you read were fetched\n",
+    )?;
     let mut big = vec![0u8; BIG_FILE];
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for b in big.iter_mut() {

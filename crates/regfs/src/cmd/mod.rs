@@ -17,7 +17,11 @@ mod umount;
 
 /// Command line of the `regfs` binary.
 #[derive(clap::Parser)]
-#[command(name = "regfs", version, about = "Lazy-pulling eStargz images from OCI registries")]
+#[command(
+    name = "regfs",
+    version,
+    about = "Lazy-pulling eStargz images from OCI registries"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

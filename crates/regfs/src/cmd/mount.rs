@@ -80,7 +80,11 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         args.dir.clone(),
     )?)];
     if let Some(addr) = args.metrics_addr {
-        tasks.push(tokio::spawn(control::serve_metrics(addr, image.clone(), args.dir.clone())?));
+        tasks.push(tokio::spawn(control::serve_metrics(
+            addr,
+            image.clone(),
+            args.dir.clone(),
+        )?));
     }
     tracing::info!(reference = %image.reference, dir = %args.dir.display(), open_ms = image.open_time.as_millis() as u64, "mounted");
     if let Some(mut f) = ready {
@@ -177,6 +181,13 @@ fn daemonize(dir: &Path) -> anyhow::Result<ExitCode> {
     let log = std::fs::read_to_string(&log_path).unwrap_or_default();
     bail!(
         "the background mount failed:\n{}",
-        log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        log.lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n")
     )
 }

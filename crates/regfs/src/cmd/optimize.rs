@@ -48,9 +48,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("running the workload of {}", args.src))?;
     if period.is_none() && outcome.status != 0 {
         if (125..=127).contains(&outcome.status) {
-            bail!("the workload could not run (exit status {})", outcome.status);
+            bail!(
+                "the workload could not run (exit status {})",
+                outcome.status
+            );
         }
-        tracing::warn!(status = outcome.status, "the workload exited with a non-zero status; using what it read");
+        tracing::warn!(
+            status = outcome.status,
+            "the workload exited with a non-zero status; using what it read"
+        );
     }
     if let Some(path) = &args.record_out {
         write_record(path, &outcome.accesses)?;

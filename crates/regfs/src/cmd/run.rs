@@ -100,7 +100,13 @@ pub struct RunOutcome {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    match run_recorded(&args.run, &args.reference, &args.command, args.record.is_some(), None) {
+    match run_recorded(
+        &args.run,
+        &args.reference,
+        &args.command,
+        args.record.is_some(),
+        None,
+    ) {
         Ok(out) => {
             if let Some(path) = &args.record {
                 write_record(path, &out.accesses)?;
@@ -136,8 +142,14 @@ pub fn private_mount_namespace() -> anyhow::Result<()> {
     use nix::mount::{MsFlags, mount};
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
         .context("creating a private mount namespace (regfs run needs root)")?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .context("making mounts private")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .context("making mounts private")?;
     Ok(())
 }
 

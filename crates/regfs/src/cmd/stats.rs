@@ -24,14 +24,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let s = |v: &serde_json::Value, k: &str| v.get(k).cloned().unwrap_or_default();
     let n = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-    println!("image      {}", s(&report, "reference").as_str().unwrap_or(""));
-    println!("manifest   {}", s(&report, "manifestDigest").as_str().unwrap_or(""));
-    println!("mounted in {} ms, fallbacks {}", n(&report, "openMs"), n(&report, "fallbacks"));
+    println!(
+        "image      {}",
+        s(&report, "reference").as_str().unwrap_or("")
+    );
+    println!(
+        "manifest   {}",
+        s(&report, "manifestDigest").as_str().unwrap_or("")
+    );
+    println!(
+        "mounted in {} ms, fallbacks {}",
+        n(&report, "openMs"),
+        n(&report, "fallbacks")
+    );
     println!(
         "{:<20} {:>10} {:>10} {:>6} {:>8} {:>6} {:>6} {:>11} {:>5}",
         "layer", "size", "fetched", "%", "requests", "hits", "misses", "prefetch", "bad"
     );
-    for l in report.get("layers").and_then(|l| l.as_array()).into_iter().flatten() {
+    for l in report
+        .get("layers")
+        .and_then(|l| l.as_array())
+        .into_iter()
+        .flatten()
+    {
         let digest = l.get("digest").and_then(|d| d.as_str()).unwrap_or("");
         let (size, fetched) = (n(l, "size"), n(l, "bytes_fetched"));
         let lazy = l.get("lazy").and_then(|x| x.as_bool()).unwrap_or(true);
@@ -40,13 +55,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             &digest[..digest.len().min(19)],
             format_size(size, BINARY),
             format_size(fetched, BINARY),
-            if size > 0 { fetched as f64 * 100.0 / size as f64 } else { 0.0 },
+            if size > 0 {
+                fetched as f64 * 100.0 / size as f64
+            } else {
+                0.0
+            },
             n(l, "requests"),
             n(l, "cache_hits"),
             n(l, "cache_misses"),
             l.get("prefetch").and_then(|x| x.as_str()).unwrap_or(""),
             n(l, "verification_failures"),
-            if lazy { "" } else { "  (not eStargz: fetched whole)" },
+            if lazy {
+                ""
+            } else {
+                "  (not eStargz: fetched whole)"
+            },
         );
     }
     Ok(ExitCode::SUCCESS)
