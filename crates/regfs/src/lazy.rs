@@ -23,6 +23,9 @@ use crate::remote::{self, OpenOptions};
 /// Default cache directory (overridable by `--cache-dir` or `$REGFS_CACHE_DIR`).
 pub const DEFAULT_CACHE_DIR: &str = "/var/lib/regfs/cache";
 
+/// Subdirectory of the cache directory that holds the chunk store (`regfs cache` reads it too).
+pub const STORE_SUBDIR: &str = "store";
+
 /// The cache directory from `explicit`, `$REGFS_CACHE_DIR`, or the default.
 pub fn cache_dir(explicit: Option<PathBuf>) -> PathBuf {
     explicit
@@ -96,7 +99,7 @@ impl LazyImage {
         let cache_dir = cache_dir(args.cache_dir.clone());
         std::fs::create_dir_all(&cache_dir)
             .with_context(|| format!("creating cache dir {}", cache_dir.display()))?;
-        let store = ChunkStore::open(cache_dir.join("store"), None)
+        let store = ChunkStore::open(cache_dir.join(STORE_SUBDIR), None)
             .with_context(|| format!("opening chunk store in {}", cache_dir.display()))?;
         let cache = ChunkCache::new(store, PlannerConfig::default());
         let opts = OpenOptions {

@@ -13,9 +13,6 @@ use anyhow::{Context, bail};
 use regfs_blob::ChunkStore;
 use serde_json::json;
 
-/// The chunk store's directory inside the cache directory (where `lazy.rs` opens it).
-const STORE_SUBDIR: &str = "store";
-
 #[derive(clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -41,7 +38,7 @@ enum Action {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let dir = crate::lazy::cache_dir(args.cache_dir).join(STORE_SUBDIR);
+    let dir = crate::lazy::cache_dir(args.cache_dir).join(crate::lazy::STORE_SUBDIR);
     // Opening a store creates it: `du` must not invent an empty cache where there is none (that
     // would hide a wrong path).
     if !dir.is_dir() {
