@@ -25,7 +25,7 @@ use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 use regfs_blob::{BlobSource, ChunkCache, FileSource, LayerBlob, LayerHandle, RegistrySource};
-use regfs_estargz::{Digest, TocIndex, TocLocation};
+use regfs_estargz::{Digest, Toc, TocIndex, TocLocation};
 use regfs_registry::{Client, Platform, Reference};
 
 /// Annotation with the sha256 of a layer's TOC JSON (stargz-snapshotter's name).
@@ -65,6 +65,62 @@ pub fn tail_len(blob_size: u64, toc_offset_hint: Option<u64>) -> u64 {
     (blob_size / TAIL_DIVISOR + MIN_TAIL)
         .min(MAX_TAIL)
         .min(blob_size)
+}
+
+/// A layer's TOC, found from the tail of its blob.
+pub struct FoundToc {
+    pub toc: Toc,
+    /// sha256 of the TOC JSON (what the `toc.digest` annotation must name).
+    pub digest: Digest,
+    /// Blob offset of the TOC member.
+    pub offset: u64,
+    /// Whether the tail was too short and the TOC member needed a second read.
+    pub second_read: bool,
+}
+
+/// Parses the TOC out of `tail`, the last bytes of the `size`-byte blob `blob`; when the TOC
+/// starts before the tail, reads exactly its member with `read` (at most [`MAX_TOC_READ`]).
+pub async fn toc_from_tail<F, Fut>(
+    blob: &Digest,
+    size: u64,
+    tail: &[u8],
+    read: F,
+) -> anyhow::Result<FoundToc>
+where
+    F: FnOnce(Range<u64>) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Bytes>>,
+{
+    match regfs_estargz::locate_toc(tail, size).with_context(|| format!("layer {blob}"))? {
+        TocLocation::Parsed {
+            toc,
+            digest,
+            toc_offset,
+            ..
+        } => Ok(FoundToc {
+            toc,
+            digest,
+            offset: toc_offset,
+            second_read: false,
+        }),
+        TocLocation::NeedRange { start, end } => {
+            if end.saturating_sub(start) > MAX_TOC_READ {
+                bail!(
+                    "the TOC member at {start}..{end} of {blob} is larger than the {MAX_TOC_READ}-byte limit"
+                );
+            }
+            let member = read(start..end)
+                .await
+                .with_context(|| format!("reading the TOC at {start}..{end} of {blob}"))?;
+            let (toc, digest) = regfs_estargz::parse_toc_member(&member)
+                .with_context(|| format!("layer {blob}"))?;
+            Ok(FoundToc {
+                toc,
+                digest,
+                offset: start,
+                second_read: true,
+            })
+        }
+    }
 }
 
 /// How far the early prefetch request trails the tail read: enough for the tail's request to
@@ -222,32 +278,20 @@ async fn open_layer(
         .with_context(|| format!("reading the tail of layer {digest}"))?
         .pop()
         .unwrap_or_default();
-    let located = match regfs_estargz::locate_toc(&tail, size) {
-        Ok(l) => l,
+    let found = toc_from_tail(&digest, size, &tail, |range| async move {
+        let mut parts = registry
+            .read_ranges(&digest, std::slice::from_ref(&range))
+            .await?;
+        Ok(parts.pop().unwrap_or_default())
+    })
+    .await;
+    let (toc, toc_digest, toc_offset) = match found {
+        Ok(f) => (f.toc, f.digest, f.offset),
         Err(e) if want_toc.is_none() => {
             tracing::warn!(layer = %digest, error = %e, "layer is not eStargz; fetching it whole");
             return open_non_lazy(client, reference, desc, digest, cache, opts).await;
         }
-        Err(e) => return Err(e).with_context(|| format!("layer {digest}")),
-    };
-    let (toc, toc_digest, toc_offset) = match located {
-        TocLocation::Parsed {
-            toc,
-            digest,
-            toc_offset,
-            ..
-        } => (toc, digest, toc_offset),
-        TocLocation::NeedRange { start, end } => {
-            let member = registry
-                .read_ranges(&digest, std::slice::from_ref(&(start..end)))
-                .await
-                .with_context(|| format!("reading the TOC of layer {digest}"))?
-                .pop()
-                .unwrap_or_default();
-            let (toc, d) = regfs_estargz::parse_toc_member(&member)
-                .with_context(|| format!("layer {digest}"))?;
-            (toc, d, start)
-        }
+        Err(e) => return Err(e),
     };
     match want_toc {
         Some(want) if want != toc_digest => bail!(

@@ -99,7 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Paths to prioritize: one per line, blank lines ignored.
-fn read_prioritized(path: &Path) -> anyhow::Result<Vec<String>> {
+pub(crate) fn read_prioritized(path: &Path) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the prioritized files list {}", path.display()))?;
     Ok(text

@@ -143,7 +143,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let prioritized_files = args
         .prioritized_files
         .as_deref()
-        .map(read_prioritized)
+        .map(super::convert::read_prioritized)
         .transpose()?;
     let mut options = ConvertOptions {
         chunk_size: args.chunk_size,
@@ -761,16 +761,4 @@ async fn push_manifest(
         }
         (Location::Layout { .. }, None) => bail!("destination layout not open"),
     }
-}
-
-/// Paths to prioritize: one per line, blank lines ignored.
-fn read_prioritized(path: &Path) -> anyhow::Result<Vec<String>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("reading the prioritized files list {}", path.display()))?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect())
 }

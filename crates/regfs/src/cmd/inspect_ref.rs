@@ -21,16 +21,14 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use regfs_estargz::{
-    Digest, NO_PREFETCH_LANDMARK, TocLocation, clean_name, locate_toc, parse_toc_member,
-};
+use regfs_estargz::{Digest, NO_PREFETCH_LANDMARK, clean_name};
 use regfs_registry::{Client, Reference};
 use serde_json::json;
 
 use crate::layer_convert::prefetch_landmark;
 use crate::oci_layout::{Descriptor, ManifestBody};
 use crate::registry_args::RegistryArgs;
-use crate::remote::{MAX_TOC_READ, TOC_DIGEST_ANNOTATION, TOC_OFFSET_ANNOTATION, tail_len};
+use crate::remote::{TOC_DIGEST_ANNOTATION, TOC_OFFSET_ANNOTATION, tail_len};
 
 /// `regfs inspect REF [--json] [--toc]` for a registry reference.
 pub fn run(
@@ -194,29 +192,14 @@ async fn read_toc_into(
             tail.len()
         );
     }
-    let (toc, toc_digest, toc_offset) = match locate_toc(&tail, size)? {
-        TocLocation::Parsed {
-            toc,
-            digest,
-            toc_offset,
-            ..
-        } => (toc, digest, toc_offset),
-        TocLocation::NeedRange { start, end } => {
-            report.footer = true;
-            if end.saturating_sub(start) > MAX_TOC_READ {
-                anyhow::bail!(
-                    "the TOC member at {start}..{end} of {digest} is larger than the {MAX_TOC_READ}-byte limit"
-                );
-            }
-            report.reads += 1;
-            let member = client
-                .read_range(image, &digest, start..end)
-                .await
-                .with_context(|| format!("reading the TOC at {start}..{end} of {digest}"))?;
-            let (toc, toc_digest) = parse_toc_member(&member)?;
-            (toc, toc_digest, start)
-        }
-    };
+    let found = crate::remote::toc_from_tail(&digest, size, &tail, |range| async move {
+        Ok(client.read_range(image, &digest, range).await?)
+    })
+    .await?;
+    if found.second_read {
+        report.reads += 1;
+    }
+    let (toc, toc_digest, toc_offset) = (found.toc, found.digest, found.offset);
     report.footer = true;
     report.toc_offset = Some(toc_offset);
     report.toc_digest = Some(toc_digest);
