@@ -293,6 +293,36 @@ impl Client {
         &self.inner.cfg
     }
 
+    /// Opens up to `connections` connections to the first host of `registry` ahead of use, each
+    /// by a `GET /v2/` whose status is ignored, so that the requests sent in parallel next find
+    /// idle pooled connections instead of each paying a TCP (and TLS) handshake: a round trip
+    /// saved when a mount reads all its layer TOCs at once. Best effort: failures are ignored
+    /// (the real requests will report them).
+    pub async fn warm_up(&self, registry: &str, connections: usize) {
+        let Ok(eps) = self.endpoints(registry) else {
+            return;
+        };
+        let Some(ep) = eps.first() else {
+            return;
+        };
+        let url = format!("{}/", ep.spec.api_root.as_str().trim_end_matches('/'));
+        let pings = (0..connections).map(|_| {
+            let (http, url) = (ep.http.clone(), url.clone());
+            let counters = &self.inner.counters;
+            async move {
+                counters.requests.fetch_add(1, Ordering::Relaxed);
+                if let Ok(resp) = http.get(&url).send().await
+                    && let Ok(body) = resp.bytes().await
+                {
+                    counters
+                        .bytes_received
+                        .fetch_add(body.len() as u64, Ordering::Relaxed);
+                }
+            }
+        });
+        futures::future::join_all(pings).await;
+    }
+
     /// The hosts of `registry`, mirrors first, origin last.
     pub(crate) fn endpoints(&self, registry: &str) -> Result<Arc<[Arc<Endpoint>]>, Error> {
         if let Some(e) = lock(&self.inner.endpoints).get(registry) {

@@ -123,6 +123,10 @@ where
     }
 }
 
+/// Connections opened ahead of the parallel requests of round trip 2 (config + a tail read and a
+/// landmark range per layer): enough for a typical 3-layer image; more layers still gain.
+const WARM_CONNECTIONS: usize = 6;
+
 /// How far the early prefetch request trails the tail read: enough for the tail's request to
 /// leave first, a negligible delay next to a round trip.
 const PREFETCH_BEHIND_TAIL: std::time::Duration = std::time::Duration::from_millis(2);
@@ -196,7 +200,12 @@ pub async fn open_image(
     opts: &OpenOptions,
 ) -> anyhow::Result<OpenedImage> {
     let t0 = std::time::Instant::now();
-    let (pinned, manifest_digest, manifest) = fetch_manifest(client, reference, platform).await?;
+    // While the manifest is on its way, open the connections the parallel TOC reads will use.
+    let (manifest, ()) = tokio::join!(
+        fetch_manifest(client, reference, platform),
+        client.warm_up(&reference.registry, WARM_CONNECTIONS)
+    );
+    let (pinned, manifest_digest, manifest) = manifest?;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "manifest");
     let config_digest: Digest = manifest.config().digest().to_string().parse()?;
     let config_fut = async {
