@@ -208,20 +208,46 @@ pub async fn open_image(
     let (pinned, manifest_digest, manifest) = manifest?;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "manifest");
     let config_digest: Digest = manifest.config().digest().to_string().parse()?;
+    // Round trip 2, in this order: the config and every layer's tail (small), then a moment
+    // later the landmark ranges (large), so that on a shared link no TOC is queued behind
+    // megabytes of prefetch and the mount is ready as early as possible.
+    let config_task = {
+        let (client, pinned) = (client.clone(), pinned.clone());
+        tokio::spawn(async move { client.fetch_blob(&pinned, &config_digest).await })
+    };
+    let registry: Arc<dyn BlobSource> =
+        Arc::new(RegistrySource::new(client.clone(), pinned.clone()));
+    let starts = manifest
+        .layers()
+        .iter()
+        .map(|desc| start_layer(&registry, desc))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if starts.iter().any(|s| s.prefetch_hint.is_some()) {
+        tokio::time::sleep(PREFETCH_BEHIND_TAIL).await;
+    }
+    let layer_futs = starts.into_iter().map(|start| {
+        let source: Arc<dyn BlobSource> = match start.prefetch_hint {
+            Some(end) => Arc::new(EarlySource::start(registry.clone(), start.digest, 0..end)),
+            None => registry.clone(),
+        };
+        finish_layer(
+            client,
+            &pinned,
+            registry.clone(),
+            source,
+            start,
+            cache,
+            opts,
+        )
+    });
     let config_fut = async {
-        let bytes = client
-            .fetch_blob(&pinned, &config_digest)
+        let bytes = config_task
             .await
+            .context("the config fetch task failed")?
             .with_context(|| format!("fetching config {config_digest} of {reference}"))?;
         ImageConfiguration::from_reader(&bytes[..])
             .with_context(|| format!("parsing config {config_digest} of {reference}"))
     };
-    let registry: Arc<dyn BlobSource> =
-        Arc::new(RegistrySource::new(client.clone(), pinned.clone()));
-    let layer_futs = manifest
-        .layers()
-        .iter()
-        .map(|desc| open_layer(client, &pinned, registry.clone(), desc, cache, opts));
     let (config, layers) = tokio::join!(config_fut, futures::future::join_all(layer_futs));
     tracing::debug!(
         ms = t0.elapsed().as_millis() as u64,
@@ -237,36 +263,35 @@ pub async fn open_image(
     })
 }
 
-async fn open_layer(
-    client: &Client,
-    reference: &Reference,
-    registry: Arc<dyn BlobSource>,
-    desc: &Descriptor,
-    cache: &Arc<ChunkCache>,
-    opts: &OpenOptions,
-) -> anyhow::Result<OpenedLayer> {
+/// A layer whose tail read is under way.
+struct LayerStart {
+    desc: Descriptor,
+    digest: Digest,
+    size: u64,
+    want_toc: Option<Digest>,
+    prefetch_hint: Option<u64>,
+    tail: tokio::task::JoinHandle<Result<Vec<Bytes>, regfs_blob::Error>>,
+}
+
+/// Reads the layer's annotations and sends its tail read.
+///
+/// Without a TOC digest the tail is still read: an eStargz layer must then be refused (its TOC
+/// can't be verified) rather than silently fetched whole; a plain layer falls back later.
+fn start_layer(registry: &Arc<dyn BlobSource>, desc: &Descriptor) -> anyhow::Result<LayerStart> {
     let digest: Digest = desc.digest().to_string().parse()?;
     let size = desc.size();
-    let want_toc: Option<Digest> =
-        match annotation(desc, TOC_DIGEST_ANNOTATION) {
-            Some(s) => Some(s.parse().with_context(|| {
-                format!("layer {digest}: bad {TOC_DIGEST_ANNOTATION} annotation")
-            })?),
-            None => None,
-        };
+    let want_toc = annotation(desc, TOC_DIGEST_ANNOTATION)
+        .map(|s| {
+            s.parse::<Digest>()
+                .with_context(|| format!("layer {digest}: bad {TOC_DIGEST_ANNOTATION} annotation"))
+        })
+        .transpose()?;
     let toc_hint = annotation(desc, TOC_OFFSET_ANNOTATION).and_then(|s| s.parse::<u64>().ok());
     let prefetch_hint = annotation(desc, PREFETCH_SIZE_ANNOTATION)
         .and_then(|s| s.parse::<u64>().ok())
         .filter(|&p| p > 0 && p <= size);
-
-    // Without a TOC digest the tail is still read: an eStargz layer must then be refused (its
-    // TOC can't be verified) rather than silently fetched whole; a plain layer falls back below.
-
-    // The tail read goes out first; when the hint says where the landmark range ends, that range
-    // follows in the same round trip, just behind, so that on a shared link the small TOC
-    // arrives before megabytes of prefetch and the mount is ready early.
     let tail_start = size - tail_len(size, toc_hint);
-    let tail_task = {
+    let tail = {
         let registry = registry.clone();
         tokio::spawn(async move {
             registry
@@ -274,14 +299,36 @@ async fn open_layer(
                 .await
         })
     };
-    let source: Arc<dyn BlobSource> = match prefetch_hint {
-        Some(end) => {
-            tokio::time::sleep(PREFETCH_BEHIND_TAIL).await;
-            Arc::new(EarlySource::start(registry.clone(), digest, 0..end))
-        }
-        None => registry.clone(),
-    };
-    let tail = tail_task
+    Ok(LayerStart {
+        desc: desc.clone(),
+        digest,
+        size,
+        want_toc,
+        prefetch_hint,
+        tail,
+    })
+}
+
+/// Parses and verifies the layer's TOC from its tail and sets up its chunk reads from `source`.
+async fn finish_layer(
+    client: &Client,
+    reference: &Reference,
+    registry: Arc<dyn BlobSource>,
+    source: Arc<dyn BlobSource>,
+    start: LayerStart,
+    cache: &Arc<ChunkCache>,
+    opts: &OpenOptions,
+) -> anyhow::Result<OpenedLayer> {
+    let LayerStart {
+        desc,
+        digest,
+        size,
+        want_toc,
+        tail,
+        ..
+    } = start;
+    let desc = &desc;
+    let tail = tail
         .await
         .context("the tail read task failed")?
         .with_context(|| format!("reading the tail of layer {digest}"))?
