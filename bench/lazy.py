@@ -9,6 +9,8 @@ content removed), through the testbed's WAN emulator (shaper.py) at --rate Mbit/
   optimized  `regfs run --rm` of IMAGE:regfs-opt  (regfs optimize with the same workload)
   reference  the reference stargz snapshotter (../shared/peers): `ctr-remote rpull` + `ctr run`
              of IMAGE:esgz-opt (`ctr-remote image optimize`, made by ../shared/testbed/estargz.sh)
+  optimized-on-ref-image   regfs on IMAGE:esgz-opt   } both tools on the same optimized image,
+  reference-on-regfs-image the reference on IMAGE:regfs-opt } each way round
 
 Reports per mode the median of --runs total times to the workload's result, bytes and requests
 regfs fetched, as a Markdown table (stdout and --out) and an SVG bar chart (--svg).
@@ -126,14 +128,14 @@ def run_regfs(host, image, tag, cmd, want):
             "open": s["openMs"], "workload": s["workloadMs"]}
 
 
-def run_reference(host, image, cmd, want):
+def run_reference(host, image, cmd, want, tag="esgz-opt"):
     sn = os.path.join(PEERS, "snapshotter.sh")
     env = dict(os.environ, PEERS_SN="/tmp/regfs-bench-sn")
     sh([sn, "stop"], check=False, env=env)
     shutil.rmtree("/tmp/regfs-bench-sn", ignore_errors=True)
     sh([sn, "start"], env=env)
     drop_caches()
-    ref = f"{host}/{image}:esgz-opt"
+    ref = f"{host}/{image}:{tag}"
     ctr = [sn, "ctr"]
     t0 = time.monotonic()
     sh(ctr + ["images", "rpull", "--plain-http", ref], env=env)
@@ -206,6 +208,10 @@ def main():
                         r = run_regfs(host, image, "regfs-opt", cmd, want)
                     elif mode == "reference":
                         r = run_reference(host, image, cmd, want)
+                    elif mode == "optimized-on-ref-image":
+                        r = run_regfs(host, image, "esgz-opt", cmd, want)
+                    elif mode == "reference-on-regfs-image":
+                        r = run_reference(host, image, cmd, want, tag="regfs-opt")
                     else:
                         sys.exit(f"unknown mode {mode}")
                     results[mode].append(r)

@@ -67,17 +67,28 @@ impl ImageFs {
             .min(inode.size);
 
         let all = self.table.chunks_of(&inode);
+        let layer = &self.layers[usize::from(inode.layer)];
         let own: Vec<Chunk> = if inode.size <= SMALL_FILE {
             all.iter().map(|c| c.unpack()).collect()
         } else {
             let first = all.partition_point(|c| c.end() <= offset);
             let last = all.partition_point(|c| c.chunk_offset() < end);
+            // Read-ahead: start fetching the chunk after this read's last one now, so that a
+            // sequential reader finds it arriving instead of paying a round trip per chunk.
+            if let Some(next) = all.get(last).map(|c| c.unpack())
+                && !layer.handle.is_cached(&next)
+            {
+                let handle = layer.handle.clone();
+                tokio::spawn(async move {
+                    // A failure here surfaces when the reader actually reaches the chunk.
+                    let _ = handle.read_chunks(&[next], RequestSource::OnDemand).await;
+                });
+            }
             all[first..last.max(first)]
                 .iter()
                 .map(|c| c.unpack())
                 .collect()
         };
-        let layer = &self.layers[usize::from(inode.layer)];
         let file = FileRef {
             // self.inode(ino) succeeded, so the index exists.
             index: ino.index().unwrap_or(0),
