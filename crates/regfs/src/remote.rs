@@ -127,10 +127,6 @@ where
 /// landmark range per layer): enough for a typical 3-layer image; more layers still gain.
 const WARM_CONNECTIONS: usize = 6;
 
-/// How far the early prefetch request trails the tail read: enough for the tail's request to
-/// leave first, a negligible delay next to a round trip.
-const PREFETCH_BEHIND_TAIL: std::time::Duration = std::time::Duration::from_millis(2);
-
 /// How to open an image.
 #[derive(Clone, Debug, Default)]
 pub struct OpenOptions {
@@ -208,9 +204,12 @@ pub async fn open_image(
     let (pinned, manifest_digest, manifest) = manifest?;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "manifest");
     let config_digest: Digest = manifest.config().digest().to_string().parse()?;
-    // Round trip 2, in this order: the config and every layer's tail (small), then a moment
-    // later the landmark ranges (large), so that on a shared link no TOC is queued behind
-    // megabytes of prefetch and the mount is ready as early as possible.
+    // Round trip 2: the config and every layer's tail (small). The landmark ranges (large) go
+    // out as soon as the first tail is in: by then the other tails are on the wire, so on a
+    // shared link no TOC is queued behind megabytes of prefetch, and the link is kept busy.
+    // Measured through the shaper (python, `regfs run`): sending the ranges 2 ms after the
+    // tails gave 0.54–0.61 s with mount-ready anywhere in 135–500 ms; after *every* tail,
+    // 0.60 s (the link idles a round trip); after the first tail, see BENCHMARKS.md.
     let config_task = {
         let (client, pinned) = (client.clone(), pinned.clone());
         tokio::spawn(async move { client.fetch_blob(&pinned, &config_digest).await })
@@ -223,7 +222,8 @@ pub async fn open_image(
         .map(|desc| start_layer(&registry, desc))
         .collect::<anyhow::Result<Vec<_>>>()?;
     if starts.iter().any(|s| s.prefetch_hint.is_some()) {
-        tokio::time::sleep(PREFETCH_BEHIND_TAIL).await;
+        // The first tail in means the rest are streaming; errors are reported per layer below.
+        let _ = futures::future::select_all(starts.iter().map(|s| s.tail.clone())).await;
     }
     let layer_futs = starts.into_iter().map(|start| {
         let source: Arc<dyn BlobSource> = match start.prefetch_hint {
@@ -270,8 +270,12 @@ struct LayerStart {
     size: u64,
     want_toc: Option<Digest>,
     prefetch_hint: Option<u64>,
-    tail: tokio::task::JoinHandle<Result<Vec<Bytes>, regfs_blob::Error>>,
+    tail: TailRead,
 }
+
+/// A tail read under way; shared so that the image can wait for every tail before it starts
+/// the landmark ranges while each layer still takes its own.
+type TailRead = Shared<BoxFuture<'static, Result<Bytes, Arc<regfs_blob::Error>>>>;
 
 /// Reads the layer's annotations and sends its tail read.
 ///
@@ -293,11 +297,24 @@ fn start_layer(registry: &Arc<dyn BlobSource>, desc: &Descriptor) -> anyhow::Res
     let tail_start = size - tail_len(size, toc_hint);
     let tail = {
         let registry = registry.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             registry
                 .read_ranges(&digest, std::slice::from_ref(&(tail_start..size)))
                 .await
-        })
+                .map(|mut parts| parts.pop().unwrap_or_default())
+        });
+        async move {
+            match task.await {
+                Ok(r) => r.map_err(Arc::new),
+                Err(e) => Err(Arc::new(regfs_blob::Error::Source {
+                    blob: digest,
+                    source_name: "tail read",
+                    source: Arc::new(e),
+                })),
+            }
+        }
+        .boxed()
+        .shared()
     };
     Ok(LayerStart {
         desc: desc.clone(),
@@ -330,10 +347,7 @@ async fn finish_layer(
     let desc = &desc;
     let tail = tail
         .await
-        .context("the tail read task failed")?
-        .with_context(|| format!("reading the tail of layer {digest}"))?
-        .pop()
-        .unwrap_or_default();
+        .map_err(|e| anyhow!("reading the tail of layer {digest}: {e}"))?;
     let found = toc_from_tail(&digest, size, &tail, |range| async move {
         let mut parts = registry
             .read_ranges(&digest, std::slice::from_ref(&range))
