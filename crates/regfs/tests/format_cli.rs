@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use support::image::{gunzip_all, gzip};
 use support::layers::{self, BIG_FILE, BIG_FILE_SIZE};
 use support::oracle::{esgz_oracle, gnu_tar_create, gnu_tar_extract, require_root};
 use support::tree::{CompareOptions, Tree, assert_same_tree};
@@ -17,20 +18,6 @@ use support::{blob, regfs, run_fail, run_ok, scratch, sha256, write_file};
 
 /// Small chunks so that test files span several gzip members.
 const CHUNK: &str = "65536";
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(data).expect("gzip");
-    gz.finish().expect("gzip")
-}
-
-fn gunzip_all(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(data)
-        .read_to_end(&mut out)
-        .expect("gunzip blob");
-    out
-}
 
 /// `regfs extract` of `blob` must equal `tar -x` of it (minus the TOC and landmark files).
 ///

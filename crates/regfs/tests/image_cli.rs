@@ -9,12 +9,12 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{Value, json};
 use support::containerd::Containerd;
+use support::image::{gunzip_all, gzip};
 use support::oracle::{esgz_oracle, require_root};
 use support::registry::{Registry, free_port, which};
 use support::{blob, layers, regfs, run_fail, run_ok, scratch, sha256};
@@ -112,20 +112,6 @@ fn link(path: &'static str, target: &'static str) -> Entry {
         path,
         kind: EntryKind::Symlink(target),
     }
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(data).expect("gzip");
-    gz.finish().expect("gzip")
-}
-
-fn gunzip_all(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    flate2::read::MultiGzDecoder::new(data)
-        .read_to_end(&mut out)
-        .expect("gunzip blob");
-    out
 }
 
 /// The three source layers: (media type, blob, uncompressed tar).

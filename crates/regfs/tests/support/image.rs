@@ -187,6 +187,14 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     gz.finish().expect("gzip")
 }
 
+/// The whole decompressed stream of a multi-member gzip blob (what a runtime unpacks).
+pub fn gunzip_all(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(data), &mut out)
+        .expect("gunzip blob");
+    out
+}
+
 /// One layer of a layout: its blob as stored and the sha256 of its uncompressed tar.
 pub struct LayoutLayer {
     pub media_type: String,
