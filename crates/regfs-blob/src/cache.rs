@@ -163,7 +163,9 @@ impl CacheInner {
 
     async fn permit(&self, class: RequestSource, boost: &Notify) -> Option<OwnedSemaphorePermit> {
         let own = match class {
-            RequestSource::OnDemand => return self.on_demand.clone().acquire_owned().await.ok(),
+            RequestSource::OnDemand | RequestSource::ReadAhead => {
+                return self.on_demand.clone().acquire_owned().await.ok();
+            }
             RequestSource::Prefetch => self.prefetch.clone(),
             RequestSource::Background => self.background.clone(),
         };

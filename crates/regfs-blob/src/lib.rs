@@ -4,7 +4,8 @@
 //! this crate answers with their verified, uncompressed bytes. Principal types:
 //!
 //! - [`BlobSource`]: where blob bytes come from — [`RegistrySource`] (ranged GETs),
-//!   [`OciLayoutSource`], [`FileSource`], [`MemorySource`], and [`FaultySource`] for tests.
+//!   [`OciLayoutSource`], [`FileSource`], [`MemorySource`], [`EarlySource`] (a range started
+//!   before it is asked for), and [`FaultySource`] for tests.
 //! - [`ChunkStore`]: verified chunks on disk, content-addressed by chunk digest, LRU-capped.
 //! - [`ChunkCache`] / [`LayerHandle`]: store lookups, single-flight fetches, the request planner
 //!   ([`PlannerConfig`]), on-demand-first priorities ([`RequestSource`]), landmark prefetch.
@@ -31,6 +32,7 @@
 //! ```
 
 mod cache;
+mod early;
 mod error;
 mod fault;
 mod planner;
@@ -39,6 +41,7 @@ mod source;
 mod store;
 
 pub use cache::{ChunkCache, LayerBlob, LayerHandle, LayerStats, MAX_MEMBER_BYTES, PrefetchState};
+pub use early::{EarlySource, spawn_range};
 pub use error::Error;
 pub use fault::FaultySource;
 pub use planner::PlannerConfig;

@@ -19,11 +19,16 @@ use crate::Error;
 
 /// Who asked for bytes; decides which concurrency budget a fetch uses.
 ///
-/// `OnDemand` reads (a process is blocked in `read(2)`) are never queued behind the other two.
+/// `OnDemand` reads (a process is blocked in `read(2)`) are never queued behind prefetch or
+/// background fetches, and while one is waiting for the network those two pause. `ReadAhead`
+/// shares the on-demand budget (the reader will want the bytes soon) but pauses nothing: a
+/// speculative read must not hold up the landmark prefetch that a start-up is waiting for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RequestSource {
     /// A reader is waiting for these bytes right now.
     OnDemand,
+    /// The chunk after the one a sequential reader is reading: wanted soon, not yet.
+    ReadAhead,
     /// The landmark prefetch of a freshly mounted layer.
     Prefetch,
     /// Filling the rest of the layer while nobody is waiting.

@@ -26,7 +26,7 @@ fn main() {
         .and_then(|mut r| r.read_to_end(&mut tar).map_err(regfs_estargz::Error::Input))
         .unwrap_or_else(|e| panic!("reading {input}: {e}"));
     let opts = ConvertOptions {
-        level: num(0) as u32,
+        level: Some(num(0) as u32).filter(|&l| l != 0),
         threads: num(1),
         ..ConvertOptions::default()
     };

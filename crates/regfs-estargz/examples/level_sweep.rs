@@ -19,7 +19,7 @@ fn main() {
     println!("level  blob bytes  ratio   MB/s (1 thread)");
     for level in 1..=12 {
         let opts = ConvertOptions {
-            level,
+            level: Some(level),
             threads: 1,
             ..ConvertOptions::default()
         };

@@ -61,6 +61,32 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
 /// publish once and pull often can still ask for 9 or 12.
 pub const DEFAULT_LEVEL: u32 = 6;
 
+/// The lowest gzip level libdeflate honours.
+pub const MIN_LEVEL: u32 = 1;
+/// The highest gzip level libdeflate honours (above zlib's 9: slower, slightly smaller).
+pub const MAX_LEVEL: u32 = 12;
+
+/// The level `level` asks for (`None` = [`DEFAULT_LEVEL`]), or an error naming a level
+/// outside [`MIN_LEVEL`]..=[`MAX_LEVEL`]. Front ends validate options with it before any work.
+pub fn validate_level(level: Option<u32>) -> Result<u32, Error> {
+    let level = level.unwrap_or(DEFAULT_LEVEL);
+    if (MIN_LEVEL..=MAX_LEVEL).contains(&level) {
+        Ok(level)
+    } else {
+        Err(Error::Options(format!(
+            "compression level {level} is not in {MIN_LEVEL}..={MAX_LEVEL}"
+        )))
+    }
+}
+
+fn compression_level(level: Option<u32>) -> Result<CompressionLvl, Error> {
+    let level = validate_level(level)?;
+    i32::try_from(level)
+        .ok()
+        .and_then(|l| CompressionLvl::new(l).ok())
+        .ok_or_else(|| Error::Options(format!("compression level {level} is not supported")))
+}
+
 /// Content of both landmark files.
 const LANDMARK_CONTENTS: u8 = 0x0f;
 
@@ -76,8 +102,9 @@ const BATCH_MEMBERS_PER_THREAD: usize = 256;
 pub struct ConvertOptions {
     /// Uncompressed bytes per chunk (0 = [`DEFAULT_CHUNK_SIZE`]).
     pub chunk_size: u64,
-    /// libdeflate level 1..=12 (0 = [`DEFAULT_LEVEL`]).
-    pub level: u32,
+    /// libdeflate level, 1..=12 ([`MIN_LEVEL`]..=[`MAX_LEVEL`]); `None` = [`DEFAULT_LEVEL`].
+    /// A level outside the range is an error, never silently replaced.
+    pub level: Option<u32>,
     /// Files to place first (parents and hardlink targets pulled ahead), followed by
     /// `.prefetch.landmark`; `None` or empty puts `.no.prefetch.landmark` first instead. Paths
     /// not in the layer are skipped and listed in [`ConvertReport::missed_prioritized`]. Unlike
@@ -92,7 +119,7 @@ impl Default for ConvertOptions {
     fn default() -> Self {
         ConvertOptions {
             chunk_size: DEFAULT_CHUNK_SIZE,
-            level: DEFAULT_LEVEL,
+            level: None,
             prioritized_files: None,
             threads: 0,
         }
@@ -114,6 +141,11 @@ pub struct ConvertReport {
     pub toc: Toc,
     /// Prioritized paths not found in the layer (as given), skipped.
     pub missed_prioritized: Vec<String>,
+    /// Blob offset of the TOC gzip member (what the footer points at).
+    pub toc_offset: u64,
+    /// Blob offset of `.prefetch.landmark` when prioritized files put one in: everything
+    /// before it is worth prefetching.
+    pub prefetch_landmark: Option<u64>,
 }
 
 /// Wraps a possibly compressed layer stream into a reader of the plain tar: gzip
@@ -393,16 +425,7 @@ pub fn convert(
         )));
     }
     let chunk_size = chunk_size as usize;
-    let level = if opts.level == 0 {
-        DEFAULT_LEVEL
-    } else {
-        opts.level
-    };
-    let lvl = i32::try_from(level)
-        .ok()
-        .and_then(|l| CompressionLvl::new(l).ok())
-        .filter(|_| level >= 1)
-        .ok_or_else(|| Error::Options(format!("compression level {level} is not in 1..=12")))?;
+    let lvl = compression_level(opts.level)?;
     let threads = match opts.threads {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -658,8 +681,10 @@ pub fn convert(
         diff_id: diff.finish(),
         toc_digest,
         uncompressed_size: uncompressed,
+        prefetch_landmark: toc.prefetch_landmark(),
         toc,
         missed_prioritized: missed,
+        toc_offset,
     })
 }
 

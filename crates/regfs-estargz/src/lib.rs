@@ -58,7 +58,8 @@ mod toc;
 
 pub use chunk::{Chunk, decode_chunk, verify_chunk};
 pub use convert::{
-    ConvertOptions, ConvertReport, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, convert, decompress_input,
+    ConvertOptions, ConvertReport, DEFAULT_CHUNK_SIZE, DEFAULT_LEVEL, MAX_LEVEL, MIN_LEVEL,
+    convert, decompress_input, validate_level,
 };
 pub use digest::{Digest, DigestWriter};
 pub use error::Error;

@@ -140,6 +140,16 @@ pub struct Toc {
 }
 
 impl Toc {
+    /// Blob offset of the root `.prefetch.landmark` entry: everything before it is worth
+    /// prefetching. `None` without one.
+    pub fn prefetch_landmark(&self) -> Option<u64> {
+        self.entries
+            .as_deref()?
+            .iter()
+            .find(|e| crate::clean_name(&e.name) == crate::PREFETCH_LANDMARK)
+            .and_then(|e| u64::try_from(e.offset).ok())
+    }
+
     /// Parses TOC JSON as tolerantly as the reference reader (spec §2.2, §8): `null` or `[]`
     /// entries, unknown keys ignored (`NumLink`, `endOffset`, ...), keys matched
     /// ASCII-case-insensitively with the last duplicate winning, absent fields defaulted.

@@ -107,7 +107,7 @@ fn reference_reads_ours_and_we_read_the_references() {
     for prioritized in lists {
         let opts = ConvertOptions {
             chunk_size: 4096,
-            level: 9,
+            level: Some(9),
             prioritized_files: prioritized.clone(),
             threads: 2,
         };

@@ -74,13 +74,6 @@ pub enum Error {
         source: Box<regfs_blob::Error>,
     },
 
-    /// The landmark prefetch of a layer failed (reads still fetch on demand).
-    #[error("layer {layer}: prefetch failed: {source}")]
-    Prefetch {
-        layer: Digest,
-        source: Box<regfs_blob::Error>,
-    },
-
     /// The FUSE session could not be set up or torn down.
     #[error("{op} {path}: {source}")]
     Mount {
@@ -112,7 +105,6 @@ impl Error {
             Error::TooManyLayers(_) => libc::EINVAL,
             Error::BadChunk { .. } => libc::EIO,
             Error::Blob { .. } => libc::EIO,
-            Error::Prefetch { .. } => libc::EIO,
             Error::Mount { .. } => libc::EIO,
             Error::NoRuntime(_) => libc::EIO,
         }

@@ -99,7 +99,8 @@ impl MountGuard {
             return Ok(());
         };
         self.shutdown.send_replace(true);
-        umount(&self.dir).map_err(|e| Error::mount("unmounting", &self.dir, e))?;
+        unmount(&self.dir, Unmount::DetachIfBusy)
+            .map_err(|e| Error::mount("unmounting", &self.dir, e))?;
         session
             .join()
             .map_err(|e| Error::mount("joining the FUSE threads of", &self.dir, e))
@@ -114,23 +115,52 @@ impl Drop for MountGuard {
     }
 }
 
-/// `umount`, or a lazy detach when a process still holds a file open (EBUSY).
-fn umount(dir: &Path) -> io::Result<()> {
-    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `c` is a valid NUL-terminated path for the duration of the calls.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-        return Ok(());
+/// How [`unmount`] treats a mount that a process still uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmount {
+    /// Fail with EBUSY.
+    Strict,
+    /// Detach it (`MNT_DETACH`) when busy: it disappears now and dies with its last user.
+    DetachIfBusy,
+    /// Detach it at once.
+    Detach,
+}
+
+/// Unmounts `dir`: the one unmount routine of regfs (the mount guard and `regfs umount`).
+pub fn unmount(dir: &Path, how: Unmount) -> io::Result<()> {
+    use nix::mount::{MntFlags, umount2};
+    let first = match how {
+        Unmount::Detach => MntFlags::MNT_DETACH,
+        Unmount::Strict | Unmount::DetachIfBusy => MntFlags::empty(),
+    };
+    match umount2(dir, first) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EBUSY) if how == Unmount::DetachIfBusy => {
+            umount2(dir, MntFlags::MNT_DETACH).map_err(io::Error::from)
+        }
+        Err(e) => Err(io::Error::from(e)),
     }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::EBUSY) {
-        return Err(err);
-    }
-    // SAFETY: as above.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-        return Ok(());
-    }
-    Err(io::Error::last_os_error())
+}
+
+/// Whether `dir` is a mount point right now (per /proc/self/mountinfo).
+pub fn is_mounted(dir: &Path) -> bool {
+    let Ok(canon) = dir.canonicalize() else {
+        return false;
+    };
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = canon.to_string_lossy();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .any(|m| unescape_mountinfo(m) == want)
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
 }
 
 /// Mounts `fs` read-only on `dir`.

@@ -75,8 +75,6 @@ pub(crate) struct Layer {
     pub digest: Digest,
     pub handle: LayerHandle,
     pub counters: LayerCounters,
-    /// Blob offset of `.prefetch.landmark`: the prioritised files lie before it.
-    pub prefetch_end: Option<u64>,
 }
 
 /// A read-only filesystem over the layers of one image; see the crate docs.
@@ -111,7 +109,6 @@ impl ImageFs {
             .into_iter()
             .map(|l| Layer {
                 digest: l.digest,
-                prefetch_end: l.index.prefetch_landmark(),
                 handle: l.handle,
                 counters: LayerCounters::default(),
             })
@@ -321,34 +318,6 @@ impl ImageFs {
     /// Number of inodes (the root included).
     pub fn inode_count(&self) -> usize {
         self.table.inodes.len()
-    }
-
-    /// Fetches, layer by layer, the chunks of the files that the image's producer prioritised
-    /// (those before `.prefetch.landmark`), in few large requests. Layers without a prefetch
-    /// landmark are skipped. Only files visible in this view are fetched.
-    pub async fn prefetch(&self) -> Result<(), Error> {
-        for (i, layer) in self.layers.iter().enumerate() {
-            let Some(end) = layer.prefetch_end else {
-                continue;
-            };
-            let chunks: Vec<regfs_blob::Chunk> = self
-                .table
-                .inodes
-                .iter()
-                .filter(|n| usize::from(n.layer) == i && n.kind() == FileKind::Reg)
-                .flat_map(|n| self.table.chunks_of(n).iter().map(|c| c.unpack()))
-                .filter(|c| c.offset < end)
-                .collect();
-            layer
-                .handle
-                .prefetch(&chunks, end)
-                .await
-                .map_err(|source| Error::Prefetch {
-                    layer: layer.digest,
-                    source: Box::new(source),
-                })?;
-        }
-        Ok(())
     }
 
     /// Per-layer fetch and cache statistics.

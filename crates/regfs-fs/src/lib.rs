@@ -44,7 +44,7 @@ mod read;
 mod stats;
 
 pub use error::Error;
-pub use fuse::{MountGuard, MountOptions, mount};
+pub use fuse::{MountGuard, MountOptions, Unmount, is_mounted, mount, unmount};
 pub use image::{FsLayer, FsOptions, ImageFs, OpenFile, StatFs};
 pub use inode::{Attr, DirEntry, FileKind, Ino, MAX_LAYERS};
 pub use read::{MAX_READ, SMALL_FILE};

@@ -81,7 +81,7 @@ impl ImageFs {
                 let handle = layer.handle.clone();
                 tokio::spawn(async move {
                     // A failure here surfaces when the reader actually reaches the chunk.
-                    let _ = handle.read_chunks(&[next], RequestSource::OnDemand).await;
+                    let _ = handle.read_chunks(&[next], RequestSource::ReadAhead).await;
                 });
             }
             all[first..last.max(first)]

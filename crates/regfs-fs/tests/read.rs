@@ -120,32 +120,3 @@ async fn small_file_read_fetches_its_neighbours_in_one_request() {
     assert_eq!(after_b.requests, after_a.requests, "{after_b:?}");
     assert!(after_b.cache_hits > after_a.cache_hits, "{after_b:?}");
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prefetch_fetches_the_prioritised_files_before_the_landmark() {
-    let mut blob = Vec::new();
-    let opts = regfs_estargz::ConvertOptions {
-        chunk_size: CHUNK,
-        threads: 1,
-        prioritized_files: Some(vec!["d/c".into()]),
-        ..regfs_estargz::ConvertOptions::default()
-    };
-    regfs_estargz::convert(&layer(), &opts, &mut blob, &|_| {}).expect("convert");
-    let img = image_from_blobs(vec![blob], FsOptions::default(), false);
-    let fs = &img.fs;
-    assert!(
-        fs.lookup(Ino::ROOT, OsStr::new(".prefetch.landmark"))
-            .is_err(),
-        "landmark hidden"
-    );
-    fs.prefetch().await.expect("prefetch");
-    let after = fs.stats().layers[0].clone();
-    assert_eq!(after.prefetch, "done");
-    // d/c was prioritised: reading it makes no request.
-    let c = fs.read(lookup(fs, "d/c"), 0, 40_000).await.unwrap();
-    assert_eq!(&c[..], &pattern(30_000, 13)[..]);
-    assert_eq!(fs.stats().layers[0].requests, after.requests);
-    // d/big was not: reading it does.
-    fs.read(lookup(fs, "d/big"), 0, 10).await.unwrap();
-    assert!(fs.stats().layers[0].requests > after.requests);
-}

@@ -39,7 +39,8 @@ pub use client::{Client, ClientConfig, RequestStats, RetryPolicy};
 pub use error::Error;
 pub use manifest::{
     MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST,
-    MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST, ResolvedImage, is_index,
+    MEDIA_TYPE_OCI_INDEX, MEDIA_TYPE_OCI_MANIFEST, PlatformManifest, ResolvedImage,
+    choose_platform, is_index, manifest_media_type, resolve_platform,
 };
 pub use platform::Platform;
 pub use reference::Reference;

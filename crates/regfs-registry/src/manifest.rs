@@ -162,41 +162,29 @@ impl Client {
     /// Resolves `r` to one runnable image: follows an index to the manifest of the configured
     /// platform (default: this host's), fetches and parses the config.
     pub async fn resolve(&self, r: &Reference) -> Result<ResolvedImage, Error> {
-        let (mut body, mut media_type, mut digest) = self.fetch_manifest(r).await?;
-        if is_index(&media_type) {
-            let index = ImageIndex::from_reader(&body[..]).map_err(|e| Error::BadManifest {
-                what: format!("index {r}"),
-                reason: e.to_string(),
-            })?;
-            let platform = self
-                .config()
-                .platform
-                .clone()
-                .unwrap_or_else(Platform::host);
-            let i = platform
-                .pick(&index)
-                .ok_or_else(|| Error::NoMatchingPlatform {
-                    reference: r.to_string(),
-                    platform: platform.to_string(),
-                })?;
-            let d = parse_digest(
-                index.manifests()[i].digest().as_ref(),
-                &format!("index {r}"),
-            )?;
-            (body, media_type, digest) = self.fetch_manifest(&r.with_digest(d)).await?;
-            if is_index(&media_type) {
-                return Err(Error::BadManifest {
-                    what: format!("manifest {d} of index {r}"),
-                    reason: "nested index".into(),
-                });
+        let platform = self
+            .config()
+            .platform
+            .clone()
+            .unwrap_or_else(Platform::host);
+        self.resolve_for(r, &platform).await
+    }
+
+    /// [`Client::resolve`] for an explicit platform.
+    pub async fn resolve_for(
+        &self,
+        r: &Reference,
+        platform: &Platform,
+    ) -> Result<ResolvedImage, Error> {
+        let chosen = resolve_platform(&r.to_string(), platform, |digest| async move {
+            match digest {
+                None => self.fetch_manifest(r).await,
+                Some(d) => self.fetch_manifest(&r.with_digest(d)).await,
             }
-        }
-        let manifest = ImageManifest::from_reader(&body[..]).map_err(|e| Error::BadManifest {
-            what: format!("manifest {r}"),
-            reason: e.to_string(),
-        })?;
+        })
+        .await?;
         let config_digest = parse_digest(
-            manifest.config().digest().as_ref(),
+            chosen.manifest.config().digest().as_ref(),
             &format!("manifest {r}"),
         )?;
         let config_bytes = self
@@ -208,11 +196,11 @@ impl Client {
                 reason: e.to_string(),
             })?;
         Ok(ResolvedImage {
-            reference: r.with_digest(digest),
-            manifest_digest: digest,
-            manifest,
-            manifest_bytes: body.to_vec(),
-            media_type,
+            reference: r.with_digest(chosen.digest),
+            manifest_digest: chosen.digest,
+            manifest: chosen.manifest,
+            manifest_bytes: chosen.bytes.to_vec(),
+            media_type: chosen.media_type,
             config,
             config_bytes: config_bytes.to_vec(),
         })
@@ -306,4 +294,85 @@ mod tests {
             );
         }
     }
+}
+
+/// The platform manifest picked out of a manifest or an index.
+#[derive(Clone, Debug)]
+pub struct PlatformManifest {
+    /// Digest of the platform manifest (not of the index it was picked from).
+    pub digest: Digest,
+    /// Its media type (OCI or Docker manifest).
+    pub media_type: String,
+    /// Its bytes, as fetched and verified.
+    pub bytes: Bytes,
+    /// Its parsed form.
+    pub manifest: ImageManifest,
+}
+
+/// Resolves a manifest-or-index to the manifest of `platform`, wherever manifests come from:
+/// `fetch(None)` returns the top object (what a tag names), `fetch(Some(d))` the manifest `d`,
+/// each as (body, media type, verified digest). A registry ([`Client::resolve`]) and an OCI
+/// layout both resolve through here, so both pick platforms and refuse nested indexes alike.
+pub async fn resolve_platform<F, Fut, E>(
+    what: &str,
+    platform: &Platform,
+    fetch: F,
+) -> Result<PlatformManifest, E>
+where
+    F: Fn(Option<Digest>) -> Fut,
+    Fut: std::future::Future<Output = Result<(Bytes, String, Digest), E>>,
+    E: From<Error>,
+{
+    let (mut body, mut media_type, mut digest) = fetch(None).await?;
+    if is_index(&media_type) {
+        let d = choose_platform(&body, what, platform)?;
+        (body, media_type, digest) = fetch(Some(d)).await?;
+        if is_index(&media_type) {
+            return Err(Error::BadManifest {
+                what: format!("manifest {d} of index {what}"),
+                reason: "nested index".into(),
+            }
+            .into());
+        }
+    }
+    let manifest = ImageManifest::from_reader(&body[..]).map_err(|e| Error::BadManifest {
+        what: format!("manifest {what}"),
+        reason: e.to_string(),
+    })?;
+    Ok(PlatformManifest {
+        digest,
+        media_type,
+        bytes: body,
+        manifest,
+    })
+}
+
+/// The digest of the manifest for `platform` in the index `body` (`what` names it in errors).
+pub fn choose_platform(body: &[u8], what: &str, platform: &Platform) -> Result<Digest, Error> {
+    let index = ImageIndex::from_reader(body).map_err(|e| Error::BadManifest {
+        what: format!("index {what}"),
+        reason: e.to_string(),
+    })?;
+    let i = platform
+        .pick(&index)
+        .ok_or_else(|| Error::NoMatchingPlatform {
+            reference: what.to_owned(),
+            platform: platform.to_string(),
+        })?;
+    parse_digest(
+        index.manifests()[i].digest().as_ref(),
+        &format!("index {what}"),
+    )
+}
+
+/// The media type of a manifest body read from somewhere other than a registry reply (an OCI
+/// layout): the body's `mediaType`, else the descriptor's, else the JSON's shape.
+pub fn manifest_media_type(
+    body: &[u8],
+    descriptor_media_type: Option<&str>,
+) -> Result<String, Error> {
+    media_type_of(body, descriptor_media_type).map_err(|reason| Error::BadManifest {
+        what: "manifest".into(),
+        reason,
+    })
 }

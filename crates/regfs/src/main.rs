@@ -7,13 +7,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+mod args;
 mod cmd;
-mod control;
-mod layer_convert;
-mod lazy;
-mod oci_layout;
-mod registry_args;
-mod remote;
 
 fn main() -> ExitCode {
     let cli = cmd::Cli::parse();

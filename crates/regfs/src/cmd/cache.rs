@@ -1,7 +1,7 @@
 //! `regfs cache du|gc`: look at and trim the on-disk chunk store that lazy mounts fill.
 //!
 //! The cache directory (`--cache-dir`, else `$REGFS_CACHE_DIR`, else `/var/lib/regfs/cache`: the
-//! same rule as the lazy mounts, [`crate::lazy::cache_dir`]) holds the [`regfs_blob::ChunkStore`]
+//! same rule as the lazy mounts, [`regfs_image::cache_dir`]) holds the [`regfs_blob::ChunkStore`]
 //! in its `store/` subdirectory (`store/chunks/sha256/..` + `store/tmp/`). `gc`
 //! evicts least recently used chunks until the store holds at most `--max-size` bytes; a mount
 //! reading a chunk being evicted still reads it (unlinked files stay readable) or refetches it.
@@ -38,7 +38,7 @@ enum Action {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let dir = crate::lazy::cache_dir(args.cache_dir).join(crate::lazy::STORE_SUBDIR);
+    let dir = regfs_image::cache_dir(args.cache_dir).join(regfs_image::STORE_SUBDIR);
     // Opening a store creates it: `du` must not invent an empty cache where there is none (that
     // would hide a wrong path).
     if !dir.is_dir() {

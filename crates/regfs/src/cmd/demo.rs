@@ -20,7 +20,7 @@ use anyhow::{Context, bail};
 use regfs_estargz::Digest;
 use serde_json::json;
 
-use crate::oci_layout::{Descriptor, OciLayout};
+use regfs_image::{Descriptor, OciLayout};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -207,7 +207,7 @@ fn add_layer(layout: &OciLayout, root: &Path) -> anyhow::Result<(Descriptor, Dig
     Ok((
         Descriptor {
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
-            digest: digest.to_string(),
+            digest,
             size: blob.len() as u64,
             platform: None,
             annotations: Default::default(),
@@ -285,7 +285,7 @@ fn build_sample_image(dir: &Path, layout_dir: &Path) -> anyhow::Result<()> {
         "demo",
         Descriptor {
             media_type: "application/vnd.oci.image.manifest.v1+json".into(),
-            digest: manifest_digest.to_string(),
+            digest: manifest_digest,
             size: manifest_bytes.len() as u64,
             platform: None,
             annotations: Default::default(),

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use regfs_estargz::{BlobFormat, EntryKind, Reader, Toc};
 
-use crate::registry_args::RegistryArgs;
+use crate::args::RegistryArgs;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -25,10 +25,12 @@ use regfs_estargz::{Digest, NO_PREFETCH_LANDMARK, clean_name};
 use regfs_registry::{Client, Reference};
 use serde_json::json;
 
-use crate::layer_convert::prefetch_landmark;
-use crate::oci_layout::{Descriptor, ManifestBody};
-use crate::registry_args::RegistryArgs;
-use crate::remote::{TOC_DIGEST_ANNOTATION, TOC_OFFSET_ANNOTATION, tail_len};
+use regfs_image::annotation::{
+    TOC_DIGEST as TOC_DIGEST_ANNOTATION, TOC_OFFSET as TOC_OFFSET_ANNOTATION,
+};
+use regfs_image::{Descriptor, ManifestBody, tail_len};
+
+use crate::args::RegistryArgs;
 
 /// `regfs inspect REF [--json] [--toc]` for a registry reference.
 pub fn run(
@@ -112,8 +114,10 @@ async fn inspect(
         .resolve(reference)
         .await
         .with_context(|| format!("resolving {reference}"))?;
-    let manifest: ManifestBody = serde_json::from_slice(&image.manifest_bytes)
-        .with_context(|| format!("parsing manifest {}", image.manifest_digest))?;
+    let manifest = ManifestBody::parse(
+        &image.manifest_bytes,
+        &format!("manifest {}", image.manifest_digest),
+    )?;
     let config: serde_json::Value = serde_json::from_slice(&image.config_bytes).unwrap_or_default();
     let mut platform = format!(
         "{}/{}",
@@ -136,7 +140,10 @@ async fn inspect(
         reference: reference.to_string(),
         manifest_digest: image.manifest_digest,
         media_type: image.media_type,
-        config_digest: manifest.config.map(|c| c.digest).unwrap_or_default(),
+        config_digest: manifest
+            .config
+            .map(|c| c.digest.to_string())
+            .unwrap_or_default(),
         platform,
         layers,
     })
@@ -178,7 +185,7 @@ async fn read_toc_into(
     desc: &Descriptor,
     report: &mut TocReport,
 ) -> anyhow::Result<()> {
-    let digest = desc.digest()?;
+    let digest = desc.digest;
     let size = desc.size;
     let start = first_read(desc);
     report.reads += 1;
@@ -192,8 +199,14 @@ async fn read_toc_into(
             tail.len()
         );
     }
-    let found = crate::remote::toc_from_tail(&digest, size, &tail, |range| async move {
-        Ok(client.read_range(image, &digest, range).await?)
+    let found = regfs_image::toc_from_tail(&digest, size, &tail, |range| async move {
+        client
+            .read_range(image, &digest, range)
+            .await
+            .map_err(|source| regfs_image::Error::Registry {
+                context: format!("reading the TOC of {digest}"),
+                source,
+            })
     })
     .await?;
     if found.second_read {
@@ -203,7 +216,7 @@ async fn read_toc_into(
     report.footer = true;
     report.toc_offset = Some(toc_offset);
     report.toc_digest = Some(toc_digest);
-    report.prefetch_size = prefetch_landmark(&toc);
+    report.prefetch_size = toc.prefetch_landmark();
     for e in toc.entries.as_deref().unwrap_or_default() {
         report.entries += 1;
         *report.by_type.entry(e.kind.as_str()).or_default() += 1;

@@ -2,10 +2,10 @@
 //!
 //! Foreground by default: Ctrl-C, SIGTERM or `regfs umount DIR` unmount cleanly. `--daemon`
 //! re-executes the same command in the background (a fresh process: a tokio runtime and FUSE
-//! threads don't survive `fork`) and returns once the child reports the mount ready on a pipe.
+//! threads don't survive `fork`) and returns once the child reports the mount ready: it writes
+//! `ready` on its stdout, a pipe to the parent, then points its stdout at /dev/null.
 
-use std::io::Read;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,14 +13,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use regfs_estargz::Digest;
+use regfs_fs::is_mounted;
+use regfs_image::{LazyImage, control};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::control;
-use crate::lazy::{LazyArgs, LazyImage};
+use crate::args::LazyArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Image reference, `host[:port]/repo[:tag][@digest]`.
+    /// Image reference, `host[:port]/repo[:tag][@digest]` or `oci:DIR[:TAG]`.
     reference: String,
     /// Mount point (an existing directory).
     dir: PathBuf,
@@ -38,9 +39,9 @@ pub struct Args {
     /// Let other users read the mount.
     #[arg(long)]
     allow_other: bool,
-    /// Internal: the fd to report readiness on (set by --daemon).
+    /// Internal: started by --daemon; report readiness on stdout and leave the session.
     #[arg(long, hide = true)]
-    ready_fd: Option<i32>,
+    daemon_child: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -50,6 +51,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.daemon {
         return daemonize(&args.dir);
     }
+    if args.daemon_child {
+        // Out of the caller's session, so that closing its terminal does not hang us up.
+        nix::unistd::setsid().context("starting a new session")?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -58,18 +63,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<ExitCode> {
-    let ready = args.ready_fd.map(|fd| {
-        // SAFETY: the parent passed us this fd for exactly this purpose and nothing else owns it.
-        std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) })
-    });
-    let image = Arc::new(LazyImage::open(&args.lazy, &args.reference, args.layer, false).await?);
+    let mut lazy = args.lazy.wire(&args.reference)?;
+    lazy.options.layer = args.layer;
+    let image = Arc::new(LazyImage::open(&lazy.source, &lazy.cache, &lazy.options).await?);
     let guard = regfs_fs::mount(
         image.fs.clone(),
         &args.dir,
         regfs_fs::MountOptions {
             allow_other: args.allow_other,
             passthrough: true,
-            fsname: format!("regfs:{}", image.reference),
+            fsname: format!("regfs:{}", image.name),
             ..Default::default()
         },
     )?;
@@ -86,10 +89,9 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
             args.dir.clone(),
         )?));
     }
-    tracing::info!(reference = %image.reference, dir = %args.dir.display(), open_ms = image.open_time.as_millis() as u64, "mounted");
-    if let Some(mut f) = ready {
-        use std::io::Write;
-        let _ = f.write_all(b"ready\n");
+    tracing::info!(reference = %image.name, dir = %args.dir.display(), open_ms = image.open_time.as_millis() as u64, "mounted");
+    if args.daemon_child {
+        report_ready().context("reporting readiness")?;
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -115,30 +117,18 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Whether `dir` is a mount point right now (per /proc/self/mountinfo).
-pub fn is_mounted(dir: &Path) -> bool {
-    let Ok(canon) = dir.canonicalize() else {
-        return false;
-    };
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = canon.to_string_lossy();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| unescape_mountinfo(m) == want)
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+/// Tells the parent of a `--daemon` mount that the mount is ready, then detaches stdout.
+fn report_ready() -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(b"ready\n")?;
+    out.flush()?;
+    let devnull = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    nix::unistd::dup2_stdout(&devnull)?;
+    Ok(())
 }
 
 /// Re-executes this command without `--daemon`, waits for readiness, and leaves it running.
 fn daemonize(dir: &Path) -> anyhow::Result<ExitCode> {
-    let (rd, wr) = nix::unistd::pipe().context("creating the readiness pipe")?;
     let exe = std::env::current_exe().context("locating the regfs binary")?;
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -148,30 +138,18 @@ fn daemonize(dir: &Path) -> anyhow::Result<ExitCode> {
     let log_path = control::socket_path(dir)?.with_extension("log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
-    let wr_fd = wr.as_raw_fd();
-    let mut cmd = std::process::Command::new(exe);
-    cmd.args(&args)
-        .arg("--ready-fd")
-        .arg(wr_fd.to_string())
+    let mut child = std::process::Command::new(exe)
+        .args(&args)
+        .arg("--daemon-child")
         .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    // SAFETY: only async-signal-safe calls (setsid, fcntl) between fork and exec.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(move || {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            let flags = libc::fcntl(wr_fd, libc::F_GETFD);
-            if flags < 0 || libc::fcntl(wr_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().context("starting the background mount")?;
-    drop(wr);
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .context("starting the background mount")?;
     let mut answer = String::new();
-    std::fs::File::from(rd).read_to_string(&mut answer)?;
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut answer);
+    }
     if answer.starts_with("ready") {
         println!("{}", child.id());
         return Ok(ExitCode::SUCCESS);

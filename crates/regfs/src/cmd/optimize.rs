@@ -14,8 +14,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use regfs_image::{ImageConversion, ImageLocation};
+
 use super::convert_image;
 use super::run::{RunArgs, run_recorded, write_record};
+use crate::args::ConvertArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -29,12 +32,9 @@ pub struct Args {
     /// Also write the recorded accesses (JSON lines) here.
     #[arg(long, value_name = "FILE")]
     record_out: Option<PathBuf>,
-    /// Uncompressed bytes per chunk of the rebuilt layers.
-    #[arg(long)]
-    chunk_size: Option<u64>,
-    /// Gzip level of the rebuilt layers.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=9))]
-    level: Option<u32>,
+    /// Chunk size and level of the rebuilt layers.
+    #[command(flatten)]
+    convert: ConvertArgs,
     #[command(flatten)]
     run: RunArgs,
     /// Workload (default: the image's Entrypoint + Cmd).
@@ -43,6 +43,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // Checked before the workload runs, not after.
+    let options = args.convert.options(None)?;
+    let src = ImageLocation::parse(&args.src)?;
+    let dst = ImageLocation::parse(&args.dst)?;
     let period = args.period.map(Duration::from_secs);
     let outcome = run_recorded(&args.run, &args.src, &args.command, true, period)
         .with_context(|| format!("running the workload of {}", args.src))?;
@@ -74,13 +78,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         layers,
         args.dst
     );
-    let code = convert_image::convert_prioritized(
-        &args.src,
-        &args.dst,
-        &args.run.lazy.registry,
-        per_layer,
-        args.chunk_size,
-        args.level,
-    )?;
-    Ok(code)
+    let registry = &args.run.lazy.registry;
+    convert_image::execute(
+        registry,
+        &ImageConversion {
+            src,
+            dst,
+            options,
+            per_layer: Some(per_layer),
+            all_platforms: false,
+            force: true,
+            jobs: regfs_image::DEFAULT_JOBS,
+            tmp_dir: std::env::temp_dir(),
+            platform: registry.platform(),
+        },
+    )
 }

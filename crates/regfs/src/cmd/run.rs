@@ -14,7 +14,9 @@ use anyhow::Context;
 use regfs_container::{ContainerSpec, NetMode, Volume};
 use serde::Serialize;
 
-use crate::lazy::{LazyArgs, LazyImage};
+use regfs_image::LazyImage;
+
+use crate::args::LazyArgs;
 
 /// `docker run` exits with this when the runtime itself fails.
 pub const EXIT_RUNTIME_FAILURE: u8 = 125;
@@ -169,7 +171,9 @@ pub fn run_recorded(
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async {
-        let image = Arc::new(LazyImage::open(&args.lazy, reference, None, record).await?);
+        let mut lazy = args.lazy.wire(reference)?;
+        lazy.options.record_access = record;
+        let image = Arc::new(LazyImage::open(&lazy.source, &lazy.cache, &lazy.options).await?);
         let mnt = tempfile::Builder::new()
             .prefix("regfs-image-")
             .tempdir()
@@ -180,7 +184,7 @@ pub fn run_recorded(
             regfs_fs::MountOptions {
                 allow_other: true,
                 passthrough: true,
-                fsname: format!("regfs:{}", image.reference),
+                fsname: format!("regfs:{}", image.name),
                 ..Default::default()
             },
         )?;
@@ -223,7 +227,7 @@ pub fn run_recorded(
             Vec::new()
         };
         tracing::debug!("workload done");
-        let registry = image.client.stats();
+        let registry = lazy.client.stats();
         let report = RunReport {
             open_ms: image.open_time.as_millis(),
             workload_ms,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use humansize::{BINARY, format_size};
 
-use crate::control;
+use regfs_image::control;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

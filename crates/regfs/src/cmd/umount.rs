@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::cmd::mount::is_mounted;
-use crate::control;
+use regfs_fs::{Unmount, is_mounted, unmount};
+use regfs_image::control;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -26,12 +26,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("{} is not mounted", args.dir.display());
     }
     let socket = control::socket_path(&args.dir)?;
-    let flags = if args.lazy {
-        nix::mount::MntFlags::MNT_DETACH
+    let how = if args.lazy {
+        Unmount::Detach
     } else {
-        nix::mount::MntFlags::empty()
+        Unmount::Strict
     };
-    nix::mount::umount2(&args.dir, flags)
+    unmount(&args.dir, how)
         .with_context(|| format!("unmounting {} (busy? try --lazy)", args.dir.display()))?;
     let start = Instant::now();
     while socket.exists() && start.elapsed() < EXIT_WAIT {

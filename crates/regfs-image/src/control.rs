@@ -9,18 +9,19 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Context;
 use regfs_estargz::Digest;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::Result;
+use crate::error::Context;
 use crate::lazy::LazyImage;
 
 /// Directory of the control sockets.
 pub const RUN_DIR: &str = "/run/regfs";
 
 /// The control socket of the mount at `dir`.
-pub fn socket_path(dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn socket_path(dir: &Path) -> Result<PathBuf> {
     let canon = dir
         .canonicalize()
         .with_context(|| format!("resolving {}", dir.display()))?;
@@ -32,26 +33,39 @@ pub fn socket_path(dir: &Path) -> anyhow::Result<PathBuf> {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MountReport {
+    /// The image, pinned to its manifest.
     pub reference: String,
+    /// Its manifest digest.
     pub manifest_digest: Digest,
+    /// Where it is mounted.
     pub mountpoint: PathBuf,
+    /// The process serving the mount.
     pub pid: u32,
+    /// Milliseconds from the start of the open to a usable filesystem.
     pub open_ms: u128,
-    /// Inodes in the merged tree and the bytes of metadata held for them.
+    /// Inodes in the merged tree.
     pub inodes: usize,
+    /// Bytes of metadata held for them.
     pub metadata_bytes: usize,
     /// Layers that were not eStargz and were fetched whole.
     pub fallbacks: usize,
+    /// Per-layer counters.
     pub layers: Vec<LayerReport>,
 }
 
+/// One layer's part of a [`MountReport`].
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LayerReport {
+    /// The layer blob.
     pub digest: Digest,
+    /// Its compressed size.
     pub size: u64,
+    /// Whether it is served lazily.
     pub lazy: bool,
+    /// Bytes of its landmark prefetch range.
     pub prefetch_size: u64,
+    /// Its fetch and cache counters.
     #[serde(flatten)]
     pub stats: regfs_fs::LayerStats,
 }
@@ -79,7 +93,7 @@ pub fn report(image: &LazyImage, mountpoint: &Path) -> MountReport {
         })
         .collect();
     MountReport {
-        reference: image.reference.to_string(),
+        reference: image.name.clone(),
         manifest_digest: image.manifest_digest,
         mountpoint: mountpoint.to_owned(),
         pid: std::process::id(),
@@ -162,15 +176,19 @@ pub fn serve_socket(
     socket: PathBuf,
     image: Arc<LazyImage>,
     mountpoint: PathBuf,
-) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
+) -> Result<impl std::future::Future<Output = Result<()>>> {
     std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
     let _ = std::fs::remove_file(&socket);
     let listener = tokio::net::UnixListener::bind(&socket)
         .with_context(|| format!("binding {}", socket.display()))?;
     Ok(async move {
         loop {
-            let (mut conn, _) = listener.accept().await?;
-            let body = serde_json::to_vec(&report(&image, &mountpoint))?;
+            let (mut conn, _) = listener
+                .accept()
+                .await
+                .context("accepting a stats client")?;
+            let body = serde_json::to_vec(&report(&image, &mountpoint))
+                .context("encoding the mount report")?;
             let _ = conn.write_all(&body).await;
         }
     })
@@ -182,14 +200,20 @@ pub fn serve_metrics(
     addr: std::net::SocketAddr,
     image: Arc<LazyImage>,
     mountpoint: PathBuf,
-) -> anyhow::Result<impl std::future::Future<Output = anyhow::Result<()>>> {
+) -> Result<impl std::future::Future<Output = Result<()>>> {
     let std_listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("binding metrics address {addr}"))?;
-    std_listener.set_nonblocking(true)?;
-    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    std_listener
+        .set_nonblocking(true)
+        .context("setting up the metrics listener")?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)
+        .context("setting up the metrics listener")?;
     Ok(async move {
         loop {
-            let (mut conn, _) = listener.accept().await?;
+            let (mut conn, _) = listener
+                .accept()
+                .await
+                .context("accepting a metrics client")?;
             let body = prometheus(&report(&image, &mountpoint));
             tokio::spawn(async move {
                 // One request per connection: read the request head (bounded), answer, close.
@@ -207,7 +231,7 @@ pub fn serve_metrics(
 }
 
 /// Reads the report of the mount at `dir` from its control socket.
-pub fn query(dir: &Path) -> anyhow::Result<serde_json::Value> {
+pub fn query(dir: &Path) -> Result<serde_json::Value> {
     use std::io::Read;
     let socket = socket_path(dir)?;
     let mut conn = std::os::unix::net::UnixStream::connect(&socket).with_context(|| {
@@ -218,6 +242,7 @@ pub fn query(dir: &Path) -> anyhow::Result<serde_json::Value> {
         )
     })?;
     let mut body = Vec::new();
-    conn.read_to_end(&mut body)?;
+    conn.read_to_end(&mut body)
+        .with_context(|| format!("reading {}", socket.display()))?;
     serde_json::from_slice(&body).context("parsing the mount's report")
 }

@@ -1,4 +1,4 @@
-//! Opening an image that lives in a registry, designed around round trips.
+//! Opening an image into verified layers, designed around round trips.
 //!
 //! After auth, a mount costs:
 //!
@@ -11,6 +11,8 @@
 //! 3. the `.prefetch.landmark` range of each layer (unless it started in 2), in one request per
 //!    layer, started as soon as that layer's TOC is parsed; the mount is ready without waiting.
 //!
+//! The steps are the same for every [`ImageSource`]; the round trips are a registry's.
+//!
 //! Every TOC is verified against the manifest's `containerd.io/snapshot/stargz/toc.digest`
 //! annotation; a layer without it is refused unless `insecure_skip_verify`. A layer that is not
 //! eStargz at all (plain gzip/zstd/tar) is fetched whole, converted locally into the cache
@@ -20,22 +22,20 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, anyhow, bail};
 use bytes::Bytes;
-use futures::future::{BoxFuture, FutureExt, Shared};
-use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
-use regfs_blob::{BlobSource, ChunkCache, FileSource, LayerBlob, LayerHandle, RegistrySource};
+use futures::future::{BoxFuture, Shared};
+use oci_spec::image::{Descriptor, ImageConfiguration};
+use regfs_blob::{BlobSource, ChunkCache, EarlySource, FileSource, LayerBlob, LayerHandle};
 use regfs_estargz::{Digest, Toc, TocIndex, TocLocation};
-use regfs_registry::{Client, Platform, Reference};
+use regfs_registry::{MAX_CONFIG_SIZE, Platform};
 
-/// Annotation with the sha256 of a layer's TOC JSON (stargz-snapshotter's name).
-pub const TOC_DIGEST_ANNOTATION: &str = "containerd.io/snapshot/stargz/toc.digest";
-/// Annotation with a layer's uncompressed size (estargz's name).
-pub const UNCOMPRESSED_SIZE_ANNOTATION: &str = "io.containers.estargz.uncompressed-size";
-/// regfs's hint: the compressed offset of the TOC member, so the tail read is exact.
-pub const TOC_OFFSET_ANNOTATION: &str = "io.regfs.estargz.toc-offset";
-/// regfs's hint: the landmark offset (= prefetch range end), so prefetch starts with the TOC read.
-pub const PREFETCH_SIZE_ANNOTATION: &str = "io.regfs.estargz.prefetch-size";
+use crate::annotation::{
+    PREFETCH_SIZE as PREFETCH_SIZE_ANNOTATION, TOC_DIGEST as TOC_DIGEST_ANNOTATION,
+    TOC_OFFSET as TOC_OFFSET_ANNOTATION,
+};
+use crate::error::{Context, bail};
+use crate::source::ImageSource;
+use crate::{Error, Result};
 
 /// Smallest tail read without a hint: the footer and a small TOC, for one round trip.
 pub const MIN_TAIL: u64 = 64 * 1024;
@@ -69,6 +69,7 @@ pub fn tail_len(blob_size: u64, toc_offset_hint: Option<u64>) -> u64 {
 
 /// A layer's TOC, found from the tail of its blob.
 pub struct FoundToc {
+    /// The TOC.
     pub toc: Toc,
     /// sha256 of the TOC JSON (what the `toc.digest` annotation must name).
     pub digest: Digest,
@@ -85,10 +86,10 @@ pub async fn toc_from_tail<F, Fut>(
     size: u64,
     tail: &[u8],
     read: F,
-) -> anyhow::Result<FoundToc>
+) -> Result<FoundToc>
 where
     F: FnOnce(Range<u64>) -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Bytes>>,
+    Fut: std::future::Future<Output = Result<Bytes>>,
 {
     match regfs_estargz::locate_toc(tail, size).with_context(|| format!("layer {blob}"))? {
         TocLocation::Parsed {
@@ -123,24 +124,29 @@ where
     }
 }
 
-/// Connections opened ahead of the parallel requests of round trip 2 (config + a tail read and a
-/// landmark range per layer): enough for a typical 3-layer image; more layers still gain.
-const WARM_CONNECTIONS: usize = 6;
-
 /// How to open an image.
 #[derive(Clone, Debug, Default)]
 pub struct OpenOptions {
-    /// Mount layers without a verifiable TOC digest.
+    /// Serve eStargz layers without a verifiable TOC digest (no `toc.digest` annotation).
     pub insecure_skip_verify: bool,
     /// Where non-eStargz layers are converted to (inside the cache dir).
     pub cache_dir: PathBuf,
+    /// Refuse a layer that is not eStargz ([`Error::NotEstargz`]) instead of fetching it whole;
+    /// the snapshotter wants this, so that containerd pulls such a layer itself.
+    pub lazy_only: bool,
+    /// The platform to pick from an index (default: this host's).
+    pub platform: Option<Platform>,
 }
 
 /// One layer of an opened image.
 pub struct OpenedLayer {
+    /// Its manifest descriptor.
     pub descriptor: Descriptor,
+    /// Its blob digest.
     pub digest: Digest,
+    /// Its TOC, indexed.
     pub index: TocIndex,
+    /// Its chunk reads through the shared cache.
     pub handle: LayerHandle,
     /// `false` when the layer was not eStargz and had to be fetched whole.
     pub lazy: bool,
@@ -148,62 +154,35 @@ pub struct OpenedLayer {
 
 /// An image whose layers' TOCs are all fetched, verified and indexed.
 pub struct OpenedImage {
-    pub reference: Reference,
+    /// The image's name pinned to its manifest digest.
+    pub name: String,
+    /// The platform manifest's digest.
     pub manifest_digest: Digest,
+    /// The image config.
     pub config: ImageConfiguration,
+    /// The layers, bottom first.
     pub layers: Vec<OpenedLayer>,
-}
-
-/// Resolves `reference` to a platform manifest (one round trip, two for an index).
-pub async fn fetch_manifest(
-    client: &Client,
-    reference: &Reference,
-    platform: Option<&Platform>,
-) -> anyhow::Result<(Reference, Digest, ImageManifest)> {
-    let (body, media_type, digest) = client.fetch_manifest(reference).await?;
-    let (body, digest) = if regfs_registry::is_index(&media_type) {
-        let index = ImageIndex::from_reader(&body[..])
-            .with_context(|| format!("parsing the index of {reference}"))?;
-        let want = platform.cloned().unwrap_or_else(Platform::host);
-        let i = want
-            .pick(&index)
-            .ok_or_else(|| anyhow!("{reference} has no manifest for platform {want}"))?;
-        let desc = &index.manifests()[i];
-        let d: Digest = desc.digest().to_string().parse()?;
-        let (body, media_type, digest) = client.fetch_manifest(&reference.with_digest(d)).await?;
-        if regfs_registry::is_index(&media_type) {
-            bail!("manifest {d} of index {reference} is itself an index");
-        }
-        (body, digest)
-    } else {
-        (body, digest)
-    };
-    let manifest = ImageManifest::from_reader(&body[..])
-        .with_context(|| format!("parsing the manifest of {reference}"))?;
-    Ok((reference.with_digest(digest), digest, manifest))
 }
 
 fn annotation<'a>(desc: &'a Descriptor, key: &str) -> Option<&'a str> {
     desc.annotations().as_ref()?.get(key).map(String::as_str)
 }
 
-/// Opens every layer of `reference` (see the module doc for the round trips).
+/// Opens every layer of the image `source` names (see the module doc for the round trips).
 pub async fn open_image(
-    client: &Client,
-    reference: &Reference,
-    platform: Option<&Platform>,
+    source: &Arc<dyn ImageSource>,
     cache: &Arc<ChunkCache>,
     opts: &OpenOptions,
-) -> anyhow::Result<OpenedImage> {
+) -> Result<OpenedImage> {
     let t0 = std::time::Instant::now();
+    let platform = opts.platform.clone().unwrap_or_else(Platform::host);
     // While the manifest is on its way, open the connections the parallel TOC reads will use.
-    let (manifest, ()) = tokio::join!(
-        fetch_manifest(client, reference, platform),
-        client.warm_up(&reference.registry, WARM_CONNECTIONS)
-    );
-    let (pinned, manifest_digest, manifest) = manifest?;
+    let (resolved, ()) = tokio::join!(source.resolve(&platform), source.warm_up());
+    let resolved = resolved?;
+    let manifest = &resolved.manifest;
+    let manifest_digest = resolved.digest;
     tracing::debug!(ms = t0.elapsed().as_millis() as u64, "manifest");
-    let config_digest: Digest = manifest.config().digest().to_string().parse()?;
+    let config_digest = parse_digest(manifest.config().digest().as_ref(), "config")?;
     // Round trip 2: the config and every layer's tail (small). The landmark ranges (large) go
     // out as soon as the first tail is in: by then the other tails are on the wire, so on a
     // shared link no TOC is queued behind megabytes of prefetch, and the link is kept busy.
@@ -211,42 +190,38 @@ pub async fn open_image(
     // tails gave 0.54–0.61 s with mount-ready anywhere in 135–500 ms; after *every* tail,
     // 0.60 s (the link idles a round trip); after the first tail, see BENCHMARKS.md.
     let config_task = {
-        let (client, pinned) = (client.clone(), pinned.clone());
-        tokio::spawn(async move { client.fetch_blob(&pinned, &config_digest).await })
+        let source = source.clone();
+        tokio::spawn(async move { source.fetch_blob(&config_digest, MAX_CONFIG_SIZE).await })
     };
-    let registry: Arc<dyn BlobSource> =
-        Arc::new(RegistrySource::new(client.clone(), pinned.clone()));
+    let registry = source.blobs();
     let starts = manifest
         .layers()
         .iter()
         .map(|desc| start_layer(&registry, desc))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+        .collect::<Result<Vec<_>>>()?;
     if starts.iter().any(|s| s.prefetch_hint.is_some()) {
         // The first tail in means the rest are streaming; errors are reported per layer below.
         let _ = futures::future::select_all(starts.iter().map(|s| s.tail.clone())).await;
     }
+    let image_source = source;
     let layer_futs = starts.into_iter().map(|start| {
         let source: Arc<dyn BlobSource> = match start.prefetch_hint {
             Some(end) => Arc::new(EarlySource::start(registry.clone(), start.digest, 0..end)),
             None => registry.clone(),
         };
-        finish_layer(
-            client,
-            &pinned,
-            registry.clone(),
-            source,
-            start,
-            cache,
-            opts,
-        )
+        finish_layer(image_source, registry.clone(), source, start, cache, opts)
     });
     let config_fut = async {
         let bytes = config_task
             .await
-            .context("the config fetch task failed")?
-            .with_context(|| format!("fetching config {config_digest} of {reference}"))?;
-        ImageConfiguration::from_reader(&bytes[..])
-            .with_context(|| format!("parsing config {config_digest} of {reference}"))
+            .map_err(|e| Error::Invalid(format!("the config fetch task failed: {e}")))?
+            .with_context(|| format!("fetching config {config_digest} of {}", resolved.name))?;
+        ImageConfiguration::from_reader(&bytes[..]).map_err(|e| {
+            Error::Invalid(format!(
+                "parsing config {config_digest} of {}: {e}",
+                resolved.name
+            ))
+        })
     };
     let (config, layers) = tokio::join!(config_fut, futures::future::join_all(layer_futs));
     tracing::debug!(
@@ -254,9 +229,9 @@ pub async fn open_image(
         "config and layer TOCs"
     );
     let config = config?;
-    let layers = layers.into_iter().collect::<anyhow::Result<Vec<_>>>()?;
+    let layers = layers.into_iter().collect::<Result<Vec<_>>>()?;
     Ok(OpenedImage {
-        reference: pinned,
+        name: resolved.name.clone(),
         manifest_digest,
         config,
         layers,
@@ -281,8 +256,8 @@ type TailRead = Shared<BoxFuture<'static, Result<Bytes, Arc<regfs_blob::Error>>>
 ///
 /// Without a TOC digest the tail is still read: an eStargz layer must then be refused (its TOC
 /// can't be verified) rather than silently fetched whole; a plain layer falls back later.
-fn start_layer(registry: &Arc<dyn BlobSource>, desc: &Descriptor) -> anyhow::Result<LayerStart> {
-    let digest: Digest = desc.digest().to_string().parse()?;
+fn start_layer(registry: &Arc<dyn BlobSource>, desc: &Descriptor) -> Result<LayerStart> {
+    let digest = parse_digest(desc.digest().as_ref(), "layer")?;
     let size = desc.size();
     let want_toc = annotation(desc, TOC_DIGEST_ANNOTATION)
         .map(|s| {
@@ -295,27 +270,7 @@ fn start_layer(registry: &Arc<dyn BlobSource>, desc: &Descriptor) -> anyhow::Res
         .and_then(|s| s.parse::<u64>().ok())
         .filter(|&p| p > 0 && p <= size);
     let tail_start = size - tail_len(size, toc_hint);
-    let tail = {
-        let registry = registry.clone();
-        let task = tokio::spawn(async move {
-            registry
-                .read_ranges(&digest, std::slice::from_ref(&(tail_start..size)))
-                .await
-                .map(|mut parts| parts.pop().unwrap_or_default())
-        });
-        async move {
-            match task.await {
-                Ok(r) => r.map_err(Arc::new),
-                Err(e) => Err(Arc::new(regfs_blob::Error::Source {
-                    blob: digest,
-                    source_name: "tail read",
-                    source: Arc::new(e),
-                })),
-            }
-        }
-        .boxed()
-        .shared()
-    };
+    let tail = regfs_blob::spawn_range(registry.clone(), digest, tail_start..size, "tail read");
     Ok(LayerStart {
         desc: desc.clone(),
         digest,
@@ -328,14 +283,13 @@ fn start_layer(registry: &Arc<dyn BlobSource>, desc: &Descriptor) -> anyhow::Res
 
 /// Parses and verifies the layer's TOC from its tail and sets up its chunk reads from `source`.
 async fn finish_layer(
-    client: &Client,
-    reference: &Reference,
+    image: &Arc<dyn ImageSource>,
     registry: Arc<dyn BlobSource>,
     source: Arc<dyn BlobSource>,
     start: LayerStart,
     cache: &Arc<ChunkCache>,
     opts: &OpenOptions,
-) -> anyhow::Result<OpenedLayer> {
+) -> Result<OpenedLayer> {
     let LayerStart {
         desc,
         digest,
@@ -345,40 +299,37 @@ async fn finish_layer(
         ..
     } = start;
     let desc = &desc;
-    let tail = tail
-        .await
-        .map_err(|e| anyhow!("reading the tail of layer {digest}: {e}"))?;
+    let tail = tail.await.map_err(|e| Error::Blob {
+        context: format!("reading the tail of layer {digest}"),
+        source: Arc::unwrap_or_clone(e),
+    })?;
     let found = toc_from_tail(&digest, size, &tail, |range| async move {
         let mut parts = registry
             .read_ranges(&digest, std::slice::from_ref(&range))
-            .await?;
+            .await
+            .context("ranged read")?;
         Ok(parts.pop().unwrap_or_default())
     })
     .await;
     let (toc, toc_digest, toc_offset) = match found {
         Ok(f) => (f.toc, f.digest, f.offset),
+        Err(e) if want_toc.is_none() && opts.lazy_only => {
+            return Err(Error::NotEstargz {
+                layer: digest,
+                reason: error_chain(&e),
+            });
+        }
         Err(e) if want_toc.is_none() => {
-            tracing::warn!(layer = %digest, error = %e, "layer is not eStargz; fetching it whole");
-            return open_non_lazy(client, reference, desc, digest, cache, opts).await;
+            tracing::warn!(layer = %digest, error = %error_chain(&e), "layer is not eStargz; fetching it whole");
+            return open_non_lazy(image, desc, digest, cache, opts).await;
         }
         Err(e) => return Err(e),
     };
-    match want_toc {
-        Some(want) if want != toc_digest => bail!(
-            "layer {digest}: TOC digest {toc_digest} does not match the manifest annotation {want}"
-        ),
-        Some(_) => {}
-        None if opts.insecure_skip_verify => {
-            tracing::warn!(layer = %digest, "no {TOC_DIGEST_ANNOTATION} annotation: TOC not verified")
-        }
-        None => bail!(
-            "layer {digest} has no {TOC_DIGEST_ANNOTATION} annotation, so its TOC cannot be verified \
-             (use --insecure-skip-verify to mount it anyway)"
-        ),
-    }
+    verify_toc(digest, toc_digest, want_toc, opts.insecure_skip_verify)?;
     tracing::debug!(layer = %digest, tail = tail.len(), "TOC fetched");
     let index =
         TocIndex::new(&toc, size).with_context(|| format!("indexing the TOC of layer {digest}"))?;
+    drop(toc);
     tracing::debug!(layer = %digest, entries = index.len(), "TOC indexed");
     let handle = cache.layer(LayerBlob {
         digest,
@@ -400,13 +351,12 @@ async fn finish_layer(
 /// serves that file. Verification holds: the blob digest is checked on download, and the local
 /// conversion computes every chunk digest itself.
 async fn open_non_lazy(
-    client: &Client,
-    reference: &Reference,
+    image: &Arc<dyn ImageSource>,
     desc: &Descriptor,
     digest: Digest,
     cache: &Arc<ChunkCache>,
     opts: &OpenOptions,
-) -> anyhow::Result<OpenedLayer> {
+) -> Result<OpenedLayer> {
     tracing::warn!(layer = %digest, "layer is not eStargz: fetching it whole (not lazy)");
     let dir = opts.cache_dir.join("converted");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -419,16 +369,17 @@ async fn open_non_lazy(
         let mut file = tokio::fs::File::create(&raw)
             .await
             .with_context(|| format!("creating {}", raw.display()))?;
-        client
-            .fetch_blob_to(reference, &digest, &mut file)
+        image
+            .fetch_blob_to(&digest, &mut file)
             .await
             .with_context(|| format!("fetching non-eStargz layer {digest}"))?;
         drop(file);
         let (raw2, dir2) = (raw.clone(), dir.clone());
         let converted = tokio::task::spawn_blocking(move || {
-            crate::layer_convert::convert_layer(&raw2, &dir2, &Default::default(), None)
+            crate::convert::convert_layer(&raw2, &dir2, &Default::default(), &|_, _| {})
         })
-        .await??;
+        .await
+        .map_err(|e| Error::Invalid(format!("the conversion task of {digest} failed: {e}")))??;
         let _ = std::fs::remove_file(&raw);
         converted
             .blob
@@ -437,17 +388,22 @@ async fn open_non_lazy(
         std::fs::write(
             &report_path,
             format!("{} {}", converted.toc_digest, converted.digest),
-        )?;
+        )
+        .with_context(|| format!("writing {}", report_path.display()))?;
         (converted.toc_digest, converted.digest)
     };
     let source: Arc<dyn BlobSource> = Arc::new(FileSource::new().with_file(blob_digest, &out));
-    let size = std::fs::metadata(&out)?.len();
-    let reader = regfs_estargz::Reader::open(std::fs::File::open(&out)?)
+    let size = std::fs::metadata(&out)
+        .with_context(|| format!("reading {}", out.display()))?
+        .len();
+    let file = std::fs::File::open(&out).with_context(|| format!("opening {}", out.display()))?;
+    let reader = regfs_estargz::Reader::open(file)
         .with_context(|| format!("reading locally converted layer {}", out.display()))?;
     if reader.toc_digest() != toc_digest {
         bail!("locally converted layer {} changed on disk", out.display());
     }
-    let index = TocIndex::new(reader.toc(), size)?;
+    let index = TocIndex::new(reader.toc(), size)
+        .with_context(|| format!("indexing locally converted layer {}", out.display()))?;
     let handle = cache.layer(LayerBlob {
         digest: blob_digest,
         size,
@@ -471,94 +427,47 @@ fn read_report(path: &Path) -> Option<(Digest, Digest)> {
     Some((toc.parse().ok()?, blob.parse().ok()?))
 }
 
-type SharedFetch = Shared<BoxFuture<'static, Result<Bytes, Arc<regfs_blob::Error>>>>;
-
-/// A source that starts fetching one range of one blob at once, and answers reads inside that
-/// range from it; everything else goes to the inner source.
-pub struct EarlySource {
-    inner: Arc<dyn BlobSource>,
-    blob: Digest,
-    range: Range<u64>,
-    fetch: SharedFetch,
-}
-
-impl EarlySource {
-    /// Starts fetching `range` of `blob` now (on the current tokio runtime).
-    pub fn start(inner: Arc<dyn BlobSource>, blob: Digest, range: Range<u64>) -> EarlySource {
-        let (src, r) = (inner.clone(), range.clone());
-        let task = tokio::spawn(async move {
-            src.read_ranges(&blob, std::slice::from_ref(&r))
-                .await
-                .map(|mut v| v.pop().unwrap_or_default())
-        });
-        let fetch = async move {
-            match task.await {
-                Ok(r) => r.map_err(Arc::new),
-                Err(e) => Err(Arc::new(regfs_blob::Error::Source {
-                    blob,
-                    source_name: "early fetch",
-                    source: Arc::new(e),
-                })),
-            }
+/// Checks a layer's TOC digest against its manifest annotation: the one place that decides
+/// whether a layer may be served.
+pub fn verify_toc(
+    layer: Digest,
+    actual: Digest,
+    expected: Option<Digest>,
+    insecure_skip_verify: bool,
+) -> Result<()> {
+    match expected {
+        Some(expected) if expected != actual => Err(Error::TocDigestMismatch {
+            layer,
+            expected,
+            actual,
+        }),
+        Some(_) => Ok(()),
+        None if insecure_skip_verify => {
+            tracing::warn!(layer = %layer, "no {TOC_DIGEST_ANNOTATION} annotation: TOC not verified");
+            Ok(())
         }
-        .boxed()
-        .shared();
-        EarlySource {
-            inner,
-            blob,
-            range,
-            fetch,
-        }
+        None => Err(Error::UnverifiedToc {
+            layer,
+            annotation: TOC_DIGEST_ANNOTATION,
+        }),
     }
 }
 
-impl BlobSource for EarlySource {
-    fn name(&self) -> &'static str {
-        self.inner.name()
+/// `err` and its sources on one line.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut next = err.source();
+    while let Some(e) = next {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        next = e.source();
     }
-
-    fn size<'a>(&'a self, blob: &'a Digest) -> BoxFuture<'a, Result<u64, regfs_blob::Error>> {
-        self.inner.size(blob)
-    }
-
-    fn read_ranges<'a>(
-        &'a self,
-        blob: &'a Digest,
-        ranges: &'a [Range<u64>],
-    ) -> BoxFuture<'a, Result<Vec<Bytes>, regfs_blob::Error>> {
-        async move {
-            let inside = *blob == self.blob
-                && ranges
-                    .iter()
-                    .all(|r| r.start >= self.range.start && r.end <= self.range.end);
-            if inside
-                && let Ok(bytes) = self.fetch.clone().await
-                && bytes.len() as u64 == self.range.end - self.range.start
-            {
-                let base = self.range.start;
-                return Ok(ranges
-                    .iter()
-                    .map(|r| bytes.slice((r.start - base) as usize..(r.end - base) as usize))
-                    .collect());
-            }
-            self.inner.read_ranges(blob, ranges).await
-        }
-        .boxed()
-    }
+    out
 }
 
-/// Chunks whose members lie in the landmark range of each layer, for the prefetch.
-pub fn prefetch_plan(layer: &OpenedLayer) -> Option<(Vec<regfs_estargz::Chunk>, u64)> {
-    let end = layer.index.prefetch_landmark()?;
-    let mut chunks = Vec::new();
-    for id in layer.index.entries_in_toc_order() {
-        for c in layer.index.chunks(id) {
-            if c.offset < end {
-                chunks.push(c.clone());
-            }
-        }
-    }
-    Some((chunks, end))
+fn parse_digest(s: &str, what: &str) -> Result<Digest> {
+    s.parse()
+        .map_err(|_| Error::Invalid(format!("{what} digest {s:?} is not a sha256 digest")))
 }
 
 #[cfg(test)]
