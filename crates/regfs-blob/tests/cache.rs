@@ -612,3 +612,44 @@ async fn a_reader_that_gives_up_does_not_cancel_the_fetch_others_wait_on() {
     assert_eq!(second.await.unwrap().unwrap()[0], blob.data[0]);
     assert_eq!(src.calls(), 1);
 }
+
+/// A speculative read-ahead waiting on the network must not pause the landmark prefetch, while
+/// a real on-demand read does (the start-up is waiting on the prefetch; nobody waits on a
+/// read-ahead yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_read_ahead_does_not_pause_the_prefetch_but_an_on_demand_read_does() {
+    for (source, pauses) in [
+        (RequestSource::ReadAhead, false),
+        (RequestSource::OnDemand, true),
+    ] {
+        let blob = support::build(&support::chunks(99, 8, 9_000));
+        let rig = Rig::new(PlannerConfig::default(), None);
+        let (layer, src) = rig.layer(&blob);
+        let end = blob.chunks[4].offset;
+        let late = blob.chunks[7].offset;
+        // Hold the request of the read outside the prefetch range.
+        src.hold(move |ranges| ranges.iter().any(|r| r.start >= late));
+        let rl = layer.clone();
+        let ahead = blob.chunks[7..8].to_vec();
+        let reader = tokio::spawn(async move { rl.read_chunks(&ahead, source).await });
+        src.wait_held(1).await;
+
+        let pl = layer.clone();
+        let chunks = blob.chunks[..4].to_vec();
+        let mut prefetch = tokio::spawn(async move { pl.prefetch(&chunks, end).await });
+        let finished = tokio::time::timeout(std::time::Duration::from_secs(2), &mut prefetch).await;
+        assert_eq!(
+            finished.is_err(),
+            pauses,
+            "{source:?}: the prefetch {} while the read waits",
+            if pauses { "must pause" } else { "must go on" }
+        );
+        src.release();
+        if pauses {
+            prefetch.await.unwrap().unwrap();
+        }
+        assert_eq!(layer.stats().prefetch, PrefetchState::Done);
+        let got = reader.await.unwrap().unwrap();
+        assert_eq!(got[0], blob.data[7]);
+    }
+}

@@ -64,8 +64,12 @@ pub fn extract(blob: &Path, dir: &Path, toc_digest: Option<&Digest>) -> Result<(
             .verify_toc_digest(want)
             .with_context(|| format!("verifying the TOC of {}", blob.display()))?;
     }
-    let exact = exact_mtimes(blob)
-        .with_context(|| format!("reading the tar headers of {}", blob.display()))?;
+    // A corrupt stream stops this pass early; the verifying pass below then names what is
+    // wrong (a file, a chunk), and should it somehow succeed, the stream error still fails the
+    // extraction, as it fails `tar -x`.
+    let mut exact = HashMap::new();
+    let headers = exact_mtimes(blob, &mut exact)
+        .with_context(|| format!("reading the tar headers of {}", blob.display()));
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let root = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
     let mut x = Extraction {
@@ -76,16 +80,16 @@ pub fn extract(blob: &Path, dir: &Path, toc_digest: Option<&Digest>) -> Result<(
         tmp_seq: 0,
     };
     x.run()
-        .with_context(|| format!("extracting {} into {}", blob.display(), dir.display()))
+        .with_context(|| format!("extracting {} into {}", blob.display(), dir.display()))?;
+    headers
 }
 
-/// The exact mtime of every tar entry of the blob, by cleaned name (a later duplicate wins, as
-/// in the TOC), from one sequential pass over the decompressed stream.
-fn exact_mtimes(blob: &Path) -> Result<HashMap<String, Mtime>> {
+/// The exact mtime of every tar entry of the blob into `times`, by cleaned name (a later
+/// duplicate wins, as in the TOC), from one sequential pass over the decompressed stream.
+fn exact_mtimes(blob: &Path, times: &mut HashMap<String, Mtime>) -> Result<()> {
     let file = File::open(blob).with_context(|| format!("opening {}", blob.display()))?;
     let stream = flate2::read::MultiGzDecoder::new(io::BufReader::with_capacity(1 << 20, file));
     let mut archive = tar::Archive::new(stream);
-    let mut times = HashMap::new();
     for entry in archive.entries().context("reading the tar stream")? {
         let mut entry = entry.context("reading a tar header")?;
         let name = clean_name(&String::from_utf8_lossy(&entry.path_bytes()));
@@ -111,7 +115,7 @@ fn exact_mtimes(blob: &Path) -> Result<HashMap<String, Mtime>> {
         // Skip the payload without buffering it.
         io::copy(&mut entry, &mut io::sink()).context("reading a tar entry")?;
     }
-    Ok(times)
+    Ok(())
 }
 
 /// A PAX time (`1796277857.677720136`, `-1.5`, `12`) as seconds and nanoseconds, or `None`.

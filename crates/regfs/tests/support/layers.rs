@@ -77,6 +77,13 @@ impl LayerBuilder {
             .expect("pax");
     }
 
+    /// A PAX `mtime` record (with its fraction) for the next entry.
+    fn pax_mtime(&mut self, value: &str) {
+        self.b
+            .append_pax_extensions([("mtime", value.as_bytes())])
+            .expect("pax");
+    }
+
     fn dir(&mut self, name: &str, mode: u32, owner: (u64, u64)) {
         let mut h = self.header(EntryType::Directory, mode, owner, false);
         self.b
@@ -167,6 +174,14 @@ pub fn rich_layer() -> Vec<u8> {
     l.file(long_name().as_bytes(), 0o644, (0, 0), b"long name\n");
     l.dir("weird/", 0o755, (0, 0));
     l.file(b"weird/caf\xe9.txt", 0o644, (0, 0), b"latin-1 name\n");
+    // Sub-second PAX mtimes, one rounding up and one down, on a directory and on files: the TOC
+    // keeps whole seconds, `tar -x` (and `regfs extract`) the exact time.
+    l.pax_mtime("1796277857.677720136");
+    l.dir("subsecond/", 0o755, (0, 0));
+    l.pax_mtime("1796277857.677720136");
+    l.file(b"subsecond/up", 0o644, (0, 0), b"rounds up\n");
+    l.pax_mtime("1796277000.25");
+    l.file(b"subsecond/down", 0o644, (0, 0), b"rounds down\n");
     l.finish()
 }
 
@@ -253,21 +268,25 @@ pub fn implicit_dirs(tar: &[u8]) -> BTreeSet<String> {
     parents.difference(&named).cloned().collect()
 }
 
-/// The header mtime of every directory a tar names (last entry wins).
-pub fn dir_mtimes(tar: &[u8]) -> BTreeMap<String, i64> {
+/// The exact header mtime (seconds, nanoseconds) of every directory a tar names (last entry
+/// wins).
+pub fn dir_mtimes(tar: &[u8]) -> BTreeMap<String, (i64, i64)> {
     let mut out = BTreeMap::new();
     let mut archive = tar::Archive::new(tar);
     for entry in archive.entries().expect("tar entries") {
         let mut entry = entry.expect("tar entry");
         if entry.header().entry_type() == EntryType::Directory {
             let name = clean_name(&String::from_utf8_lossy(&entry.path_bytes()));
-            let mut mtime = i64::try_from(entry.header().mtime().expect("mtime")).expect("mtime");
+            let mut mtime = (
+                i64::try_from(entry.header().mtime().expect("mtime")).expect("mtime"),
+                0,
+            );
             // A PAX `mtime` record overrides the header field (and may carry a fraction).
             if let Some(exts) = entry.pax_extensions().expect("pax") {
                 for ext in exts {
                     let ext = ext.expect("pax record");
                     if ext.key() == Ok("mtime") {
-                        mtime = round_pax_time(ext.value().expect("pax mtime"));
+                        mtime = exact_pax_time(ext.value().expect("pax mtime"));
                     }
                 }
             }
@@ -311,15 +330,10 @@ pub fn dirs_tar_x_touches_late(tar: &[u8]) -> BTreeSet<String> {
     touched
 }
 
-/// A PAX time (`secs[.frac]`) rounded to the nearest second, halves away from zero (how the TOC
-/// stores `modtime`).
-pub fn round_pax_time(v: &str) -> i64 {
+/// A non-negative PAX time (`secs[.frac]`) as (seconds, nanoseconds).
+pub fn exact_pax_time(v: &str) -> (i64, i64) {
     let (secs, frac) = v.split_once('.').unwrap_or((v, ""));
     let secs: i64 = secs.parse().expect("pax seconds");
-    let half = frac.as_bytes().first().is_some_and(|d| *d >= b'5');
-    match (half, v.starts_with('-')) {
-        (false, _) => secs,
-        (true, false) => secs + 1,
-        (true, true) => secs - 1,
-    }
+    let nanos: String = frac.chars().chain(std::iter::repeat('0')).take(9).collect();
+    (secs, nanos.parse().expect("pax fraction"))
 }
