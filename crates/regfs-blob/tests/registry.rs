@@ -3,87 +3,23 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
 
 use regfs_blob::{
     BlobSource, ChunkCache, ChunkStore, FaultySource, PlannerConfig, RegistrySource, RequestSource,
 };
 use regfs_registry::{Client, ClientConfig, Reference};
 
-/// A registry starts in well under a second here; 300 polls of 100 ms bound a hung start.
-const STARTUP_POLLS: usize = 300;
-
-struct Registry {
-    host: String,
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    async fn start() -> Registry {
-        let found = std::env::var_os("PATH").is_some_and(|p| {
-            std::env::split_paths(&p).any(|d| d.join("docker-registry").is_file())
-        });
-        assert!(
-            found,
-            "required tool `docker-registry` is missing: apt-get install docker-registry"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let host = format!("127.0.0.1:{port}");
-        let config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {host}\n  secret: regfs-test\n",
-            dir.path().join("data").display()
-        );
-        let cfg = dir.path().join("config.yml");
-        std::fs::write(&cfg, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("starting docker-registry");
-        // Owned before polling, so a failed start still kills the process (Drop).
-        let registry = Registry {
-            host,
-            child,
-            _dir: dir,
-        };
-        for _ in 0..STARTUP_POLLS {
-            if tokio::net::TcpStream::connect(&registry.host).await.is_ok() {
-                return registry;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("docker-registry on {} never listened", registry.host);
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunks_come_from_a_real_registry_in_few_requests() {
-    let registry = Registry::start().await;
+    let registry = regfs_testkit::Registry::start();
     let docker_dir = tempfile::tempdir().unwrap();
     let client = Client::new(ClientConfig {
         docker_config_dir: Some(docker_dir.path().to_owned()),
         ..ClientConfig::default()
     })
     .unwrap();
-    let repo: Reference = format!("{}/regfs/blob-test:1", registry.host)
+    let repo: Reference = format!("{}/regfs/blob-test:1", registry.addr)
         .parse()
         .unwrap();
 

@@ -15,6 +15,7 @@ use regfs_image::annotation::{PREFETCH_SIZE, TOC_DIGEST, TOC_OFFSET};
 use regfs_image::{
     Error, ImageSource, LazyImage, LazyOptions, MemoryImage, OpenOptions, PrefetchPlan, open_image,
 };
+use regfs_testkit::pattern;
 
 const CONFIG: &[u8] = br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}"#;
 
@@ -30,12 +31,6 @@ fn tar_of(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
         b.append_data(&mut h, path, &data[..]).unwrap();
     }
     b.into_inner().unwrap()
-}
-
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
 }
 
 struct Layer {

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{Value, json};
-use support::containerd::Containerd;
 use support::image::{gunzip_all, gzip};
 use support::oracle::{esgz_oracle, require_root};
 use support::registry::{Registry, free_port, which};
@@ -415,7 +414,7 @@ fn registry_to_registry_conversion_runs_under_plain_containerd() {
         assert_eq!(got, want, "layer {i} entries");
     }
 
-    let ctrd = Containerd::start();
+    let ctrd = support::containerd::start();
     ctrd.pull(&dst);
     let out = ctrd.run(&dst, "regfs-image-cli-run", &RUN_ARGS);
     assert_eq!(String::from_utf8_lossy(&out.stdout), expected_output());

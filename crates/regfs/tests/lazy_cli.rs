@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::Value;
-use support::containerd::{Containerd, NAMESPACE};
+use support::containerd::NAMESPACE;
 use support::image::{
     HANG_LIMIT, LayoutLayer, Mount, OCI_GZIP, TOC_DIGEST, TarBuilder, convert_image, files_tar,
     is_mounted, overlay_oracle, registry_blob_path, require_fuse, skopeo_push, sum_layers,
@@ -289,7 +289,7 @@ fn real_tree_mounts_like_tar_x_with_regfs_and_reference_conversion() {
 
     // The same source converted by the reference `ctr-remote image convert --estargz --oci`.
     which("ctr-remote").expect("the test needs `ctr-remote` (apt-get install stargz-snapshotter)");
-    let ctrd = Containerd::start();
+    let ctrd = support::containerd::start();
     let ctr_remote = || {
         let mut c = Command::new("ctr-remote");
         c.arg("--address")

@@ -276,13 +276,7 @@ pub fn image(tars: &[Vec<u8>], chunk_size: u64) -> TestImage {
 
 /// Fails the test, naming the tool, when a required program is missing.
 pub fn require_tool(name: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "required tool `{name}` is not installed (PATH has no {name})"
-    );
+    regfs_testkit::require_tool(name, name);
 }
 
 /// The oracle: extracts each layer with GNU tar into `dir`, applying the layer's whiteouts and
@@ -518,32 +512,8 @@ pub async fn compare_with_oracle(fs: &ImageFs, dir: &Path) -> usize {
     count
 }
 
-/// Deterministic pseudo-random bytes (xorshift), so contents differ between files and offsets.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// Fails the test unless FUSE mounts are possible here (root and /dev/fuse).
-pub fn require_fuse() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "FUSE mount tests need root (run them as root, as CI does)"
-    );
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "FUSE mount tests need /dev/fuse (modprobe fuse)"
-    );
-}
+#[allow(unused_imports)] // each test binary uses a subset
+pub use regfs_testkit::{pattern, require_fuse};
 
 /// Compares two real trees (the oracle and a mount) entry by entry; returns the count.
 pub fn compare_real_trees(want: &Path, got: &Path) -> usize {

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -15,28 +15,9 @@ use regfs_registry::{Client, ClientConfig, Digest, Reference, RetryPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Startup of a registry on this machine takes well under a second; this bounds a hung start.
-const STARTUP_POLLS: usize = 300;
-
-/// Panics with the tool's name when a required program is not installed.
-pub fn require_tool(name: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
-        .unwrap_or(false);
-    assert!(
-        found,
-        "required tool `{name}` is missing: apt-get install {package}"
-    );
-}
-
-/// A port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+// Each test binary uses a subset.
+#[allow(unused_imports)]
+pub use regfs_testkit::{Auth, free_port, pattern, require_tool};
 
 /// Client config for tests: fast retries, explicit empty docker config dir.
 pub fn test_config(docker_dir: &Path) -> ClientConfig {
@@ -53,25 +34,11 @@ pub fn test_config(docker_dir: &Path) -> ClientConfig {
     }
 }
 
-pub enum Auth {
-    Anonymous,
-    Htpasswd {
-        user: String,
-        password: String,
-    },
-    Token {
-        realm: String,
-        service: String,
-        issuer: String,
-        cert: PathBuf,
-    },
-}
-
-/// A running `docker-registry serve`; killed on drop.
+/// A running `docker-registry serve` (the workspace's shared harness); killed on drop.
 pub struct Registry {
+    /// `127.0.0.1:PORT`.
     pub host: String,
-    child: Child,
-    dir: tempfile::TempDir,
+    _inner: regfs_testkit::Registry,
 }
 
 /// A self-signed certificate for 127.0.0.1 (IP SAN), made with the `openssl` CLI.
@@ -128,109 +95,19 @@ impl Registry {
         tls: Option<(PathBuf, PathBuf)>,
         client_ca: Option<PathBuf>,
     ) -> Registry {
-        require_tool("docker-registry", "docker-registry");
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let host = format!("127.0.0.1:{port}");
-        let auth_yaml = match &auth {
-            Auth::Anonymous => String::new(),
-            Auth::Htpasswd { user, password } => {
-                require_tool("htpasswd", "apache2-utils");
-                let out = Command::new("htpasswd")
-                    .args(["-Bbn", user, password])
-                    .output()
-                    .unwrap();
-                assert!(out.status.success(), "htpasswd failed");
-                let file = dir.path().join("htpasswd");
-                std::fs::write(&file, out.stdout).unwrap();
-                format!(
-                    "auth:\n  htpasswd:\n    realm: regfs-test\n    path: {}\n",
-                    file.display()
-                )
-            }
-            Auth::Token {
-                realm,
-                service,
-                issuer,
-                cert,
-            } => format!(
-                "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    rootcertbundle: {}\n",
-                cert.display()
-            ),
-        };
-        let tls_yaml = match &tls {
-            Some((c, k)) => {
-                let mut y = format!(
-                    "  tls:\n    certificate: {}\n    key: {}\n",
-                    c.display(),
-                    k.display()
-                );
-                if let Some(ca) = &client_ca {
-                    y.push_str(&format!("    clientcas:\n      - {}\n", ca.display()));
-                }
-                y
-            }
-            None => String::new(),
-        };
-        let config = format!(
-            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {root}\n  delete:\n    enabled: true\nhttp:\n  addr: {host}\n  secret: regfs-test\n{tls_yaml}{auth_yaml}",
-            root = dir.path().join("data").display(),
-        );
-        let cfg_path = dir.path().join("config.yml");
-        std::fs::write(&cfg_path, config).unwrap();
-        let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&cfg_path)
-            .stdout(Stdio::from(log.try_clone().unwrap()))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("starting docker-registry");
-        let reg = Registry { host, child, dir };
-        reg.wait_ready(tls.is_some(), client_ca.is_some()).await;
-        reg
-    }
-
-    /// Ready when `/v2/` answers over HTTP(S); with mTLS (this probe has no client certificate)
-    /// when the port accepts connections.
-    async fn wait_ready(&self, tls: bool, mtls: bool) {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .tls_danger_accept_invalid_certs(true)
-            .build()
-            .unwrap();
-        let scheme = if tls { "https" } else { "http" };
-        for _ in 0..STARTUP_POLLS {
-            if mtls {
-                if tokio::net::TcpStream::connect(&self.host).await.is_ok() {
-                    return;
-                }
-            } else if http
-                .get(format!("{scheme}://{}/v2/", self.host))
-                .send()
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let inner = regfs_testkit::Registry::start_with(regfs_testkit::RegistryConfig {
+            auth,
+            tls,
+            client_ca,
+        });
+        Registry {
+            host: inner.addr.clone(),
+            _inner: inner,
         }
-        let log = std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default();
-        panic!(
-            "docker-registry on {} never answered /v2/; log:\n{log}",
-            self.host
-        );
     }
 
     pub fn reference(&self, repo_tag: &str) -> Reference {
         format!("{}/{repo_tag}", self.host).parse().unwrap()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -627,19 +504,6 @@ fn sign_jwt(key: &Path, x5c: &str, service: &str, scopes: &[String]) -> String {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "openssl dgst failed");
     format!("{input}.{}", b64u(&out.stdout))
-}
-
-/// Deterministic pseudo-random bytes (xorshift), so blobs have no repeating structure.
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// A tiny image: config (for `arch`) plus one layer blob, pushed; returns the manifest bytes,

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
-use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -181,19 +180,8 @@ pub fn busybox_tar(extra: &[(&str, &[u8])]) -> Vec<u8> {
     t.finish()
 }
 
-pub fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(data).expect("gzip");
-    gz.finish().expect("gzip")
-}
-
-/// The whole decompressed stream of a multi-member gzip blob (what a runtime unpacks).
-pub fn gunzip_all(data: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(data), &mut out)
-        .expect("gunzip blob");
-    out
-}
+#[allow(unused_imports)] // each test binary uses a subset
+pub use regfs_testkit::{gunzip_all, gzip};
 
 /// One layer of a layout: its blob as stored and the sha256 of its uncompressed tar.
 pub struct LayoutLayer {
@@ -304,11 +292,7 @@ pub fn convert_image(src: &str, dst: &str, extra: &[&str]) -> Value {
 /// Fails the test unless FUSE is usable here.
 #[track_caller]
 pub fn require_fuse() {
-    super::oracle::require_root();
-    assert!(
-        Path::new("/dev/fuse").exists(),
-        "this test needs /dev/fuse (modprobe fuse)"
-    );
+    regfs_testkit::require_fuse();
     assert!(
         which("fusermount3").is_some() || which("fusermount").is_some(),
         "this test needs fusermount3 (apt-get install fuse3)"

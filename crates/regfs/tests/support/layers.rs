@@ -22,18 +22,8 @@ pub fn long_name() -> String {
     format!("long/{}.txt", "n".repeat(120))
 }
 
-/// Pseudo-random bytes (xorshift) so that compression has work to do and chunks differ.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+/// Pseudo-random bytes so that compression has work to do and chunks differ.
+pub use regfs_testkit::pattern as noise;
 
 /// Fixed mtimes keep the layers deterministic; distinct ones catch a mixed-up assignment.
 const MTIME: u64 = 1_600_000_000;

@@ -30,21 +30,7 @@ pub fn scratch() -> tempfile::TempDir {
         .expect("scratch dir")
 }
 
-/// Runs `cmd` and returns its output, failing the test with stderr when it does not succeed.
-#[track_caller]
-pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+pub use regfs_testkit::run_ok;
 
 /// Runs `cmd`, requires a non-zero exit without a panic, and returns stderr.
 #[track_caller]

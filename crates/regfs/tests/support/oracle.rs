@@ -16,12 +16,7 @@ use std::sync::OnceLock;
 /// Fails the test unless it runs as root (`tar --same-owner`, device nodes, chown need it).
 #[track_caller]
 pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "this test needs root (device nodes, ownership, xattrs); run it as root"
-    );
+    regfs_testkit::require_root();
 }
 
 /// `tar -x` of `blob` into `dir` exactly as a container runtime would extract a layer as root.
