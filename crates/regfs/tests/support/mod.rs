@@ -14,7 +14,7 @@ pub mod registry;
 pub mod tree;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 /// A `Command` for the `regfs` binary under test.
 pub fn regfs() -> Command {
