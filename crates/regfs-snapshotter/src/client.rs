@@ -54,7 +54,11 @@ impl Client {
                 labels: labels.into_iter().collect(),
             })
             .await?;
-        Ok(r.into_inner().mounts.into_iter().map(proto::mount_from_proto).collect())
+        Ok(r.into_inner()
+            .mounts
+            .into_iter()
+            .map(proto::mount_from_proto)
+            .collect())
     }
 
     /// View.
@@ -73,7 +77,11 @@ impl Client {
                 labels: labels.into_iter().collect(),
             })
             .await?;
-        Ok(r.into_inner().mounts.into_iter().map(proto::mount_from_proto).collect())
+        Ok(r.into_inner()
+            .mounts
+            .into_iter()
+            .map(proto::mount_from_proto)
+            .collect())
     }
 
     /// Mounts.
@@ -85,7 +93,11 @@ impl Client {
                 key: key.into(),
             })
             .await?;
-        Ok(r.into_inner().mounts.into_iter().map(proto::mount_from_proto).collect())
+        Ok(r.into_inner()
+            .mounts
+            .into_iter()
+            .map(proto::mount_from_proto)
+            .collect())
     }
 
     /// Commit `key` as `name`.
@@ -193,7 +205,10 @@ impl Client {
 fn info(i: Option<pb::Info>) -> Result<Info, Status> {
     let i = i.ok_or_else(|| Status::internal("response without info"))?;
     if proto::kind_from_proto(i.kind).is_none() {
-        return Err(Status::internal(format!("snapshot {:?} of unknown kind {}", i.name, i.kind)));
+        return Err(Status::internal(format!(
+            "snapshot {:?} of unknown kind {}",
+            i.name, i.kind
+        )));
     }
     Ok(proto::info_from_proto(i))
 }

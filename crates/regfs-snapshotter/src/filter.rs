@@ -221,8 +221,14 @@ mod tests {
         let cases: &[(&[&str], bool)] = &[
             (&[], true),
             (&[""], true),
-            (&[r#"labels."containerd.io/snapshot.ref"==sha256:abc,parent=="ns/2/sha256:def""#], true),
-            (&[r#"labels."containerd.io/snapshot.ref"==sha256:abc,parent=="ns/9/x""#], false),
+            (
+                &[r#"labels."containerd.io/snapshot.ref"==sha256:abc,parent=="ns/2/sha256:def""#],
+                true,
+            ),
+            (
+                &[r#"labels."containerd.io/snapshot.ref"==sha256:abc,parent=="ns/9/x""#],
+                false,
+            ),
             (&["kind==committed"], true),
             (&["kind==active"], false),
             (&["kind==active", "name==ns/3/sha256:abc"], true),
@@ -238,7 +244,11 @@ mod tests {
         ];
         for (filters, want) in cases {
             let filters: Vec<String> = filters.iter().map(|s| s.to_string()).collect();
-            assert_eq!(Filter::parse(&filters).matches(&info()), *want, "{filters:?}");
+            assert_eq!(
+                Filter::parse(&filters).matches(&info()),
+                *want,
+                "{filters:?}"
+            );
         }
     }
 }

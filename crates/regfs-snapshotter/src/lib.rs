@@ -87,8 +87,8 @@ pub use client::Client;
 pub use error::Error;
 pub use remote::{
     CRI_IMAGE_LAYERS_LABEL, CRI_IMAGE_REF_LABEL, CRI_LAYER_DIGEST_LABEL, FallbackReason,
-    REMOTE_MARKER_LABEL, RemoteError, RemoteLayer, RemoteLayers, RemoteMount,
-    RemoteStatsSnapshot, STARGZ_DIGEST_LABEL, STARGZ_LAYERS_LABEL, STARGZ_REFERENCE_LABEL,
+    REMOTE_MARKER_LABEL, RemoteError, RemoteLayer, RemoteLayers, RemoteMount, RemoteStatsSnapshot,
+    STARGZ_DIGEST_LABEL, STARGZ_LAYERS_LABEL, STARGZ_REFERENCE_LABEL,
 };
 pub use service::serve;
 pub use snapshot::{Info, Kind, Mount, TARGET_LABEL, Usage};

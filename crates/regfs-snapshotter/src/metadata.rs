@@ -122,7 +122,9 @@ impl Store {
         store.write(|tx| {
             let p = tx.path;
             tx.tx.open_table(SNAPSHOTS).map_err(|e| meta(p, e))?;
-            tx.tx.open_multimap_table(CHILDREN).map_err(|e| meta(p, e))?;
+            tx.tx
+                .open_multimap_table(CHILDREN)
+                .map_err(|e| meta(p, e))?;
             tx.tx.open_table(COUNTERS).map_err(|e| meta(p, e))?;
             Ok(())
         })?;
@@ -130,7 +132,10 @@ impl Store {
     }
 
     /// Runs `f` in a read transaction.
-    pub(crate) fn read<T>(&self, f: impl FnOnce(&ReadTx<'_>) -> Result<T, Error>) -> Result<T, Error> {
+    pub(crate) fn read<T>(
+        &self,
+        f: impl FnOnce(&ReadTx<'_>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
         let tx = self.db.begin_read().map_err(|e| meta(&self.path, e))?;
         f(&ReadTx {
             tx,
@@ -159,7 +164,10 @@ macro_rules! readable {
     ($t:ident) => {
         impl $t<'_> {
             pub(crate) fn get(&self, key: &str) -> Result<Option<Record>, Error> {
-                let table = self.tx.open_table(SNAPSHOTS).map_err(|e| meta(self.path, e))?;
+                let table = self
+                    .tx
+                    .open_table(SNAPSHOTS)
+                    .map_err(|e| meta(self.path, e))?;
                 let found = table.get(key).map_err(|e| meta(self.path, e))?;
                 found.map(|v| decode(key, v.value())).transpose()
             }
@@ -172,7 +180,10 @@ macro_rules! readable {
             }
 
             pub(crate) fn all(&self) -> Result<Vec<(String, Record)>, Error> {
-                let table = self.tx.open_table(SNAPSHOTS).map_err(|e| meta(self.path, e))?;
+                let table = self
+                    .tx
+                    .open_table(SNAPSHOTS)
+                    .map_err(|e| meta(self.path, e))?;
                 let mut out = Vec::new();
                 for item in table.iter().map_err(|e| meta(self.path, e))? {
                     let (k, v) = item.map_err(|e| meta(self.path, e))?;
@@ -184,7 +195,10 @@ macro_rules! readable {
             }
 
             /// The ids of `parent` and its ancestors, nearest first, with their keys.
-            pub(crate) fn chain(&self, parent: Option<&str>) -> Result<Vec<(String, Record)>, Error> {
+            pub(crate) fn chain(
+                &self,
+                parent: Option<&str>,
+            ) -> Result<Vec<(String, Record)>, Error> {
                 let mut out = Vec::new();
                 let mut next = parent.map(str::to_owned);
                 while let Some(key) = next {
@@ -204,24 +218,27 @@ readable!(ReadTx);
 readable!(WriteTx);
 
 impl WriteTx<'_> {
-        pub(crate) fn children(&self, key: &str) -> Result<Vec<String>, Error> {
-            let table = self
-                .tx
-                .open_multimap_table(CHILDREN)
-                .map_err(|e| meta(self.path, e))?;
-            let mut out = Vec::new();
-            for v in table.get(key).map_err(|e| meta(self.path, e))? {
-                out.push(v.map_err(|e| meta(self.path, e))?.value().to_owned());
-            }
-            Ok(out)
+    pub(crate) fn children(&self, key: &str) -> Result<Vec<String>, Error> {
+        let table = self
+            .tx
+            .open_multimap_table(CHILDREN)
+            .map_err(|e| meta(self.path, e))?;
+        let mut out = Vec::new();
+        for v in table.get(key).map_err(|e| meta(self.path, e))? {
+            out.push(v.map_err(|e| meta(self.path, e))?.value().to_owned());
         }
+        Ok(out)
+    }
 
     pub(crate) fn put(&mut self, key: &str, record: &Record) -> Result<(), Error> {
         let bytes = serde_json::to_vec(record).map_err(|source| Error::CorruptRecord {
             key: key.to_owned(),
             source,
         })?;
-        let mut table = self.tx.open_table(SNAPSHOTS).map_err(|e| meta(self.path, e))?;
+        let mut table = self
+            .tx
+            .open_table(SNAPSHOTS)
+            .map_err(|e| meta(self.path, e))?;
         table
             .insert(key, bytes.as_slice())
             .map_err(|e| meta(self.path, e))?;
@@ -229,7 +246,10 @@ impl WriteTx<'_> {
     }
 
     pub(crate) fn delete(&mut self, key: &str) -> Result<(), Error> {
-        let mut table = self.tx.open_table(SNAPSHOTS).map_err(|e| meta(self.path, e))?;
+        let mut table = self
+            .tx
+            .open_table(SNAPSHOTS)
+            .map_err(|e| meta(self.path, e))?;
         table.remove(key).map_err(|e| meta(self.path, e))?;
         Ok(())
     }
@@ -239,7 +259,9 @@ impl WriteTx<'_> {
             .tx
             .open_multimap_table(CHILDREN)
             .map_err(|e| meta(self.path, e))?;
-        table.insert(parent, child).map_err(|e| meta(self.path, e))?;
+        table
+            .insert(parent, child)
+            .map_err(|e| meta(self.path, e))?;
         Ok(())
     }
 
@@ -248,12 +270,17 @@ impl WriteTx<'_> {
             .tx
             .open_multimap_table(CHILDREN)
             .map_err(|e| meta(self.path, e))?;
-        table.remove(parent, child).map_err(|e| meta(self.path, e))?;
+        table
+            .remove(parent, child)
+            .map_err(|e| meta(self.path, e))?;
         Ok(())
     }
 
     pub(crate) fn next_id(&mut self) -> Result<u64, Error> {
-        let mut table = self.tx.open_table(COUNTERS).map_err(|e| meta(self.path, e))?;
+        let mut table = self
+            .tx
+            .open_table(COUNTERS)
+            .map_err(|e| meta(self.path, e))?;
         let id = table
             .get(NEXT_ID)
             .map_err(|e| meta(self.path, e))?

@@ -257,10 +257,7 @@ mod tests {
                 }),
             ),
             (
-                labels(&[
-                    (CRI_IMAGE_REF_LABEL, "img"),
-                    (CRI_LAYER_DIGEST_LABEL, D1),
-                ]),
+                labels(&[(CRI_IMAGE_REF_LABEL, "img"), (CRI_LAYER_DIGEST_LABEL, D1)]),
                 Some(RemoteLayer {
                     image_ref: "img".into(),
                     layer_digest: D1.into(),
@@ -269,7 +266,11 @@ mod tests {
             ),
         ];
         for (input, want) in cases {
-            assert_eq!(RemoteLayer::from_labels(&input).ok(), Some(want), "{input:?}");
+            assert_eq!(
+                RemoteLayer::from_labels(&input).ok(),
+                Some(want),
+                "{input:?}"
+            );
         }
     }
 
@@ -278,7 +279,10 @@ mod tests {
         let cases = [
             (labels(&[(STARGZ_DIGEST_LABEL, D1)]), STARGZ_REFERENCE_LABEL),
             (
-                labels(&[(STARGZ_REFERENCE_LABEL, "img"), (STARGZ_DIGEST_LABEL, "sha256:12")]),
+                labels(&[
+                    (STARGZ_REFERENCE_LABEL, "img"),
+                    (STARGZ_DIGEST_LABEL, "sha256:12"),
+                ]),
                 STARGZ_DIGEST_LABEL,
             ),
             (

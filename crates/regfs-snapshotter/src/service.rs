@@ -68,7 +68,9 @@ impl pb::snapshots_server::Snapshots for Service {
             .snapshotter
             .prepare(&r.key, parent(r.parent).as_deref(), labels(r.labels))
             .await?;
-        Ok(Response::new(pb::PrepareSnapshotResponse { mounts: mounts(m) }))
+        Ok(Response::new(pb::PrepareSnapshotResponse {
+            mounts: mounts(m),
+        }))
     }
 
     async fn view(
@@ -80,7 +82,9 @@ impl pb::snapshots_server::Snapshots for Service {
             .snapshotter
             .view(&r.key, parent(r.parent).as_deref(), labels(r.labels))
             .await?;
-        Ok(Response::new(pb::ViewSnapshotResponse { mounts: mounts(m) }))
+        Ok(Response::new(pb::ViewSnapshotResponse {
+            mounts: mounts(m),
+        }))
     }
 
     async fn mounts(
@@ -91,13 +95,21 @@ impl pb::snapshots_server::Snapshots for Service {
         Ok(Response::new(pb::MountsResponse { mounts: mounts(m) }))
     }
 
-    async fn commit(&self, request: Request<pb::CommitSnapshotRequest>) -> Result<Response<()>, Status> {
+    async fn commit(
+        &self,
+        request: Request<pb::CommitSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
         let r = request.into_inner();
-        self.snapshotter.commit(&r.name, &r.key, labels(r.labels)).await?;
+        self.snapshotter
+            .commit(&r.name, &r.key, labels(r.labels))
+            .await?;
         Ok(Response::new(()))
     }
 
-    async fn remove(&self, request: Request<pb::RemoveSnapshotRequest>) -> Result<Response<()>, Status> {
+    async fn remove(
+        &self,
+        request: Request<pb::RemoveSnapshotRequest>,
+    ) -> Result<Response<()>, Status> {
         self.snapshotter.remove(&request.into_inner().key).await?;
         Ok(Response::new(()))
     }
@@ -117,7 +129,9 @@ impl pb::snapshots_server::Snapshots for Service {
         request: Request<pb::UpdateSnapshotRequest>,
     ) -> Result<Response<pb::UpdateSnapshotResponse>, Status> {
         let r = request.into_inner();
-        let info = r.info.ok_or_else(|| Status::invalid_argument("update without info"))?;
+        let info = r
+            .info
+            .ok_or_else(|| Status::invalid_argument("update without info"))?;
         let paths = r.update_mask.map(|m| m.paths).unwrap_or_default();
         let info = self
             .snapshotter

@@ -109,16 +109,18 @@ impl Snapshotter {
         parent: Option<&str>,
         labels: BTreeMap<String, String>,
     ) -> Result<Vec<Mount>, Error> {
-        let target = labels
-            .get(TARGET_LABEL)
-            .filter(|t| !t.is_empty())
-            .cloned();
+        let target = labels.get(TARGET_LABEL).filter(|t| !t.is_empty()).cloned();
         let remote_candidate = target.is_some() && has_remote_labels(&labels);
         let (key_owned, parent_owned, labels_owned) =
             (key.to_owned(), parent.map(str::to_owned), labels.clone());
         let (id, mounts) = self
             .blocking(move |s| {
-                s.create(Kind::Active, &key_owned, parent_owned.as_deref(), labels_owned)
+                s.create(
+                    Kind::Active,
+                    &key_owned,
+                    parent_owned.as_deref(),
+                    labels_owned,
+                )
             })
             .await?;
         let Some(target) = target.filter(|_| remote_candidate) else {
@@ -156,19 +158,29 @@ impl Snapshotter {
                     "no remote layer labels".into(),
                 ));
             }
-            Err(e) => return Err(RemoteMiss::Fallback(FallbackReason::BadLabels, e.to_string())),
+            Err(e) => {
+                return Err(RemoteMiss::Fallback(
+                    FallbackReason::BadLabels,
+                    e.to_string(),
+                ));
+            }
         };
         let fs = self.inner.fs_dir(id);
         let guard = match provider.mount(layer.clone(), fs.clone()).await {
             Ok(guard) => guard,
             Err(e) => {
                 let _ = self.blocking(move |s| s.reset_dir(&fs)).await;
-                return Err(RemoteMiss::Fallback(FallbackReason::MountFailed, e.to_string()));
+                return Err(RemoteMiss::Fallback(
+                    FallbackReason::MountFailed,
+                    e.to_string(),
+                ));
             }
         };
         // Published before the commit so that a child prepared right after the commit finds
         // its parent mounted.
-        self.inner.lock_mounts().insert(id, RemoteState::Mounted(guard));
+        self.inner
+            .lock_mounts()
+            .insert(id, RemoteState::Mounted(guard));
         let (k, t) = (key.to_owned(), target.to_owned());
         let committed = self
             .blocking(move |s| s.commit_remote(&k, &t, labels, layer))
@@ -180,10 +192,11 @@ impl Snapshotter {
             }
             Err(e) => e,
         };
-        if let Some(RemoteState::Mounted(guard)) = self.inner.lock_mounts().remove(&id) {
-            if let Err(e) = guard.unmount() {
-                tracing::warn!(key, error = %e, "unmounting an unused remote layer failed");
-            }
+        let state = self.inner.lock_mounts().remove(&id);
+        if let Some(RemoteState::Mounted(guard)) = state
+            && let Err(e) = guard.unmount()
+        {
+            tracing::warn!(key, error = %e, "unmounting an unused remote layer failed");
         }
         let _ = self.blocking(move |s| s.reset_dir(&fs)).await;
         match err {
@@ -400,13 +413,13 @@ impl Inner {
                 });
             }
             let chain = tx.chain(parent)?;
-            if let Some((pkey, prec)) = chain.first() {
-                if prec.kind != Kind::Committed {
-                    return Err(Error::ParentNotCommitted {
-                        parent: pkey.clone(),
-                        kind: prec.kind,
-                    });
-                }
+            if let Some((pkey, prec)) = chain.first()
+                && prec.kind != Kind::Committed
+            {
+                return Err(Error::ParentNotCommitted {
+                    parent: pkey.clone(),
+                    kind: prec.kind,
+                });
             }
             let id = tx.next_id()?;
             let mounts = self.mounts_for(id, kind, &chain)?;
@@ -629,10 +642,10 @@ impl Inner {
             Ok(record)
         })?;
         let state = self.lock_mounts().remove(&record.id);
-        if let Some(RemoteState::Mounted(guard)) = state {
-            if let Err(e) = guard.unmount() {
-                tracing::warn!(key, error = %e, "unmounting a removed remote snapshot failed");
-            }
+        if let Some(RemoteState::Mounted(guard)) = state
+            && let Err(e) = guard.unmount()
+        {
+            tracing::warn!(key, error = %e, "unmounting a removed remote snapshot failed");
         }
         let fs = self.fs_dir(record.id);
         if record.remote.is_some() && is_mountpoint(&fs) {
@@ -684,10 +697,12 @@ impl Inner {
         let record = self.store.read(|tx| tx.require(key))?;
         match record.kind {
             Kind::Active => disk_usage(&self.fs_dir(record.id)),
-            Kind::Committed if record.remote.is_some() => Ok(match self.lock_mounts().get(&record.id) {
-                Some(RemoteState::Mounted(guard)) => guard.usage(),
-                _ => record.usage,
-            }),
+            Kind::Committed if record.remote.is_some() => {
+                Ok(match self.lock_mounts().get(&record.id) {
+                    Some(RemoteState::Mounted(guard)) => guard.usage(),
+                    _ => record.usage,
+                })
+            }
             Kind::Committed | Kind::View => Ok(record.usage),
         }
     }
@@ -764,8 +779,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
