@@ -3,10 +3,14 @@
 //! mountpoint, with injectable failures and delay, and counters to observe concurrency.
 #![allow(dead_code)]
 
+pub mod containerd;
 pub mod fake;
+pub mod image;
+pub mod registry;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::sync::Arc;
 
 use regfs_snapshotter::{Client, RemoteLayers, Snapshotter};
@@ -98,4 +102,20 @@ pub fn remote_labels(target: &str, layer: &str) -> BTreeMap<String, String> {
         (regfs_snapshotter::STARGZ_DIGEST_LABEL, layer),
         (regfs_snapshotter::STARGZ_LAYERS_LABEL, layer),
     ])
+}
+
+/// Runs `cmd` and returns its output, failing the test with stderr when it does not succeed.
+#[track_caller]
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
