@@ -652,6 +652,12 @@ impl Inner {
             detach(&fs);
         }
         let dir = self.snapshot_dir(record.id);
+        if is_mountpoint(&fs) {
+            // Deleting through a live mount would delete the layer's files (a bind-mounted
+            // cache, say); leave the directory to a later Cleanup.
+            tracing::warn!(key, dir = %dir.display(), "snapshot directory still mounted, not removed");
+            return Ok(());
+        }
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             // The metadata is gone, so Cleanup removes the directory later.
             tracing::warn!(key, dir = %dir.display(), error = %e, "removing snapshot directory failed");
@@ -814,4 +820,29 @@ fn disk_usage(dir: &Path) -> Result<Usage, Error> {
         }
     }
     Ok(usage)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        let cases = [
+            (r"/plain", "/plain"),
+            (r"/with\040space", "/with space"),
+            (r"/tab\011and\134backslash", "/tab\tand\\backslash"),
+            (r"/short\04", r"/short\04"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(unescape_mountinfo(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn the_root_is_a_mountpoint_and_a_fresh_dir_is_not() {
+        assert!(is_mountpoint(Path::new("/")));
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!is_mountpoint(dir.path()));
+    }
 }
