@@ -155,9 +155,9 @@ pub enum FallbackReason {
     CommitFailed,
 }
 
-/// Counters of the remote path, readable at any time ([`RemoteStats::snapshot`]).
+/// Counters of the remote path (atomics: bumped from concurrent Prepares without a lock).
 #[derive(Debug, Default)]
-pub struct RemoteStats {
+pub(crate) struct RemoteStats {
     mounted: AtomicU64,
     remounted: AtomicU64,
     remount_failed: AtomicU64,
@@ -167,7 +167,7 @@ pub struct RemoteStats {
     fallback_commit_failed: AtomicU64,
 }
 
-/// A copy of [`RemoteStats`] at one moment.
+/// The remote-path counters at one moment ([`crate::Snapshotter::remote_stats`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RemoteStatsSnapshot {
     /// Prepares answered with a remote mount (ALREADY_EXISTS).
@@ -211,7 +211,7 @@ impl RemoteStats {
     }
 
     /// The counters now.
-    pub fn snapshot(&self) -> RemoteStatsSnapshot {
+    pub(crate) fn snapshot(&self) -> RemoteStatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         RemoteStatsSnapshot {
             mounted: get(&self.mounted),

@@ -746,17 +746,32 @@ impl Inner {
         Ok(removed)
     }
 
-    /// Makes `fs` an empty, unmounted directory again (after a failed or dropped remote mount).
+    /// Makes `fs` an empty, unmounted directory again (after a failed or dropped remote mount),
+    /// keeping the directory itself: its mode and owner were set for the container's root.
     fn reset_dir(&self, fs: &Path) -> Result<(), Error> {
         if is_mountpoint(fs) {
             detach(fs);
         }
-        match std::fs::remove_dir_all(fs) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io("empty remote mountpoint", fs, e)),
+        let entries = match std::fs::read_dir(fs) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return std::fs::create_dir(fs)
+                    .map_err(|e| Error::io("create remote mountpoint", fs, e));
+            }
+            Err(e) => return Err(Error::io("list remote mountpoint", fs, e)),
+        };
+        for entry in entries {
+            let path = entry
+                .map_err(|e| Error::io("list remote mountpoint", fs, e))?
+                .path();
+            let removed = if path.is_dir() && !path.is_symlink() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(|e| Error::io("empty remote mountpoint", &path, e))?;
         }
-        std::fs::create_dir(fs).map_err(|e| Error::io("create remote mountpoint", fs, e))
+        Ok(())
     }
 }
 

@@ -445,6 +445,9 @@ async fn remote_failures_fall_back_to_an_active_snapshot() {
         0,
         "mountpoint emptied"
     );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(h.fs(1)).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o755, "the root dir itself is kept");
     assert_eq!(h.snapshotter.remote_stats().fallback_mount_failed, 1);
 
     // Bad labels: a digest that is not one.
