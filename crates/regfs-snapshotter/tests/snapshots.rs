@@ -445,9 +445,6 @@ async fn remote_failures_fall_back_to_an_active_snapshot() {
         0,
         "mountpoint emptied"
     );
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(h.fs(1)).unwrap().permissions().mode();
-    assert_eq!(mode & 0o7777, 0o755, "the root dir itself is kept");
     assert_eq!(h.snapshotter.remote_stats().fallback_mount_failed, 1);
 
     // Bad labels: a digest that is not one.
@@ -708,5 +705,30 @@ async fn mounts_work_in_the_kernel() {
     let err = std::fs::write(target.join("x"), b"").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
     umount();
+    h.stop().await;
+}
+
+/// An upper directory takes the owner of its parent's root (user-namespaced images); a failed
+/// remote mount must leave that directory as it was, not a fresh root-owned one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_fallback_keeps_the_upper_dirs_owner() {
+    use std::os::unix::fs::MetadataExt;
+    support::containerd::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeLayers::new();
+    fake.fail_on(&digest('f'));
+    let h = Harness::start(dir.path(), Some(fake::provider(&fake))).await;
+    let mut c = h.client().await;
+    c.prepare("a", "", no_labels()).await.unwrap();
+    std::os::unix::fs::chown(h.fs(1), Some(4321), Some(4321)).unwrap();
+    c.commit("base", "a", no_labels()).await.unwrap();
+    c.prepare("k", "base", remote_labels("sha256:t", &digest('f')))
+        .await
+        .unwrap();
+    assert_eq!(h.snapshotter.remote_stats().fallback_mount_failed, 1);
+    let meta = std::fs::metadata(h.fs(2)).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (4321, 4321));
+    assert_eq!(meta.mode() & 0o7777, 0o755);
+    assert_eq!(std::fs::read_dir(h.fs(2)).unwrap().count(), 0);
     h.stop().await;
 }
