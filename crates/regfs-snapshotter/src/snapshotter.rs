@@ -297,9 +297,9 @@ impl Snapshotter {
     /// [`Snapshotter::open`], concurrently. A failure is logged and leaves that snapshot
     /// present but unavailable ([`Error::RemoteUnavailable`] from Mounts).
     pub async fn restore_remote(&self) -> Result<(), Error> {
+        let records = self.blocking(|s| s.store.read(|tx| tx.all())).await?;
         let pending: Vec<(u64, String, RemoteLayer)> = {
             let mounts = self.inner.lock_mounts();
-            let records = self.inner.store.read(|tx| tx.all())?;
             records
                 .into_iter()
                 .filter_map(|(k, r)| Some((r.id, k, r.remote?)))
@@ -307,7 +307,7 @@ impl Snapshotter {
                 .collect()
         };
         let attempts = pending.into_iter().map(|(id, key, layer)| {
-            let this = &*self;
+            let this = self;
             async move {
                 let fs = this.inner.fs_dir(id);
                 let reset = {
@@ -461,6 +461,7 @@ impl Inner {
             .create(&fs)
             .map_err(|e| Error::io("create snapshot directory", &fs, e))?;
         if kind == Kind::Active {
+            // 0711 like containerd: overlayfs needs to traverse the workdir, nobody to list it.
             let work = self.work_dir(id);
             std::fs::DirBuilder::new()
                 .mode(0o711)
