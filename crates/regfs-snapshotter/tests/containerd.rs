@@ -271,6 +271,8 @@ struct FetchAndBind {
     registry: String,
     cache: PathBuf,
     mounts: AtomicUsize,
+    /// Refuse every mount (the fallback test).
+    refuse: bool,
 }
 
 /// The trait object given to the snapshotter; the test keeps the `Arc` to read the counter.
@@ -295,6 +297,9 @@ impl FetchAndBind {
         layer: &RemoteLayer,
         mountpoint: &Path,
     ) -> Result<Box<dyn RemoteMount>, RemoteError> {
+        if self.refuse {
+            return Err("refused by the test".into());
+        }
         // image_ref is `host:port/repo:tag`.
         let (host, rest) = layer
             .image_ref
@@ -364,6 +369,7 @@ fn containerd_accepts_remote_layers_from_ctr_remote_rpull() {
         registry: s.registry.addr.clone(),
         cache: s.dir.path().join("layer-cache"),
         mounts: AtomicUsize::new(0),
+        refuse: false,
     });
     let remote = || Some(Arc::new(Provider(Arc::clone(&provider))) as Arc<dyn RemoteLayers>);
     let mut h = s.rt.block_on(Harness::start(s.dir.path(), remote()));
@@ -430,6 +436,55 @@ fn containerd_accepts_remote_layers_from_ctr_remote_rpull() {
     assert_eq!(out, format!("{HELLO}/bin/sh\n"));
     assert_eq!(h.snapshotter.remote_stats().remounted, 2);
     assert_eq!(provider.mounts.load(Ordering::SeqCst), 4);
+
+    remove_everything(&s, &ctrd, &h);
+    drop(ctrd);
+    s.rt.block_on(h.stop());
+}
+
+/// When the remote mount fails, containerd is told nothing special: it gets the active
+/// snapshot's mounts, downloads and unpacks the layer itself, and the image runs.
+#[test]
+fn containerd_downloads_when_the_remote_mount_fails() {
+    let s = setup("regfs/fallback");
+    let provider = Arc::new(FetchAndBind {
+        registry: s.registry.addr.clone(),
+        cache: s.dir.path().join("layer-cache"),
+        mounts: AtomicUsize::new(0),
+        refuse: true,
+    });
+    let remote = Some(Arc::new(Provider(Arc::clone(&provider))) as Arc<dyn RemoteLayers>);
+    let h = s.rt.block_on(Harness::start(s.dir.path(), remote));
+    let ctrd = Containerd::start(&h.socket);
+
+    support::run_ok(ctrd.ctr_remote().args([
+        "images",
+        "rpull",
+        "--snapshotter",
+        "regfs",
+        "--plain-http",
+        &s.reference,
+    ]));
+    let stats = h.snapshotter.remote_stats();
+    assert_eq!(
+        (stats.mounted, stats.fallback_mount_failed),
+        (0, 2),
+        "{stats:?}"
+    );
+    let ours = list(&s.rt, &h);
+    assert_eq!(ours.len(), 2, "{ours:?}");
+    assert!(
+        ours.iter()
+            .all(|i| i.kind == Kind::Committed && !i.labels.contains_key(REMOTE_MARKER_LABEL)),
+        "{ours:?}"
+    );
+    assert!(mounts_under(&h.root).is_empty());
+    assert!(
+        walk_contains(&h.root.join("snapshots"), "hello.txt"),
+        "unpacked by containerd"
+    );
+    let out = ctrd.run(&s.reference, "fallback", &["cat", "/hello.txt"]);
+    assert_eq!(out, HELLO);
 
     remove_everything(&s, &ctrd, &h);
     drop(ctrd);
