@@ -138,22 +138,22 @@ impl Client {
                 key: key.into(),
             })
             .await?;
-        info(r.into_inner().info)
+        info_from(r.into_inner().info)
     }
 
     /// Update with a field mask (`labels`, `labels.<key>`; empty = all labels).
-    pub async fn update(&mut self, info_in: Info, paths: &[&str]) -> Result<Info, Status> {
+    pub async fn update(&mut self, info: Info, paths: &[&str]) -> Result<Info, Status> {
         let r = self
             .inner
             .update(pb::UpdateSnapshotRequest {
                 snapshotter: String::new(),
-                info: Some(proto::info_to_proto(info_in)),
+                info: Some(proto::info_to_proto(info)),
                 update_mask: Some(prost_types::FieldMask {
                     paths: paths.iter().map(|p| p.to_string()).collect(),
                 }),
             })
             .await?;
-        info(r.into_inner().info)
+        info_from(r.into_inner().info)
     }
 
     /// Usage.
@@ -185,7 +185,7 @@ impl Client {
         let mut out = Vec::new();
         while let Some(batch) = stream.message().await? {
             for i in batch.info {
-                out.push(info(Some(i))?);
+                out.push(info_from(Some(i))?);
             }
         }
         Ok(out)
@@ -202,7 +202,7 @@ impl Client {
     }
 }
 
-fn info(i: Option<pb::Info>) -> Result<Info, Status> {
+fn info_from(i: Option<pb::Info>) -> Result<Info, Status> {
     let i = i.ok_or_else(|| Status::internal("response without info"))?;
     if proto::kind_from_proto(i.kind).is_none() {
         return Err(Status::internal(format!(
