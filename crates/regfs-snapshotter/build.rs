@@ -1,0 +1,22 @@
+//! Generates the containerd snapshots service (server and client) from the vendored protos with
+//! the protoc shipped inside `protoc-bin-vendored`, so no system `protoc` is needed.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    let include = protoc_bin_vendored::include_path()?;
+    // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
+    unsafe { std::env::set_var("PROTOC", &protoc) };
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(
+            &[PathBuf::from(
+                "proto/github.com/containerd/containerd/api/services/snapshots/v1/snapshots.proto",
+            )],
+            &[PathBuf::from("proto"), include],
+        )?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}
