@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use crate::error::Context;
-use crate::open::{OpenOptions, open_image};
+use crate::open::{OpenOptions, OpenedImage, open_image};
 use crate::prefetch::{PrefetchPlan, all_chunks, fill_layer};
 use crate::source::ImageSource;
 use crate::{Error, Result};
@@ -112,7 +112,19 @@ impl LazyImage {
         let image = open_image(source, cache, &options.open)
             .await
             .with_context(|| format!("opening {}", source.name()))?;
+        LazyImage::from_opened(image, cache, options, start)
+    }
 
+    /// Builds the filesystem of an image already opened (its TOCs verified), e.g. one layer
+    /// taken out of an image whose layers are served separately; `start` is when the open
+    /// began, for [`LazyImage::open_time`]. Must run inside a tokio runtime (the prefetch
+    /// tasks start here).
+    pub fn from_opened(
+        image: OpenedImage,
+        cache: &Arc<ChunkCache>,
+        options: &LazyOptions,
+        start: Instant,
+    ) -> Result<LazyImage> {
         let mut tasks = Vec::new();
         let mut infos = Vec::new();
         let mut fs_layers = Vec::new();

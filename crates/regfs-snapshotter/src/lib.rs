@@ -76,6 +76,7 @@
 mod client;
 mod error;
 mod filter;
+mod lazy;
 mod metadata;
 mod proto;
 mod remote;
@@ -85,6 +86,7 @@ mod snapshotter;
 
 pub use client::Client;
 pub use error::Error;
+pub use lazy::LazyLayers;
 pub use remote::{
     CRI_IMAGE_LAYERS_LABEL, CRI_IMAGE_REF_LABEL, CRI_LAYER_DIGEST_LABEL, FallbackReason,
     REMOTE_MARKER_LABEL, RemoteError, RemoteLayer, RemoteLayers, RemoteMount, RemoteStatsSnapshot,
