@@ -33,6 +33,8 @@ use fuser::{
     Request, SessionACL,
 };
 
+use nix::mount::MntFlags;
+
 use crate::image::BLOCK_SIZE;
 use crate::{Attr, Error, FileKind, ImageFs, Ino};
 
@@ -116,21 +118,11 @@ impl Drop for MountGuard {
 
 /// `umount`, or a lazy detach when a process still holds a file open (EBUSY).
 fn umount(dir: &Path) -> io::Result<()> {
-    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `c` is a valid NUL-terminated path for the duration of the calls.
-    if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
-        return Ok(());
+    match nix::mount::umount2(dir, MntFlags::empty()) {
+        Ok(()) => Ok(()),
+        Err(nix::errno::Errno::EBUSY) => Ok(nix::mount::umount2(dir, MntFlags::MNT_DETACH)?),
+        Err(e) => Err(e.into()),
     }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::EBUSY) {
-        return Err(err);
-    }
-    // SAFETY: as above.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {
-        return Ok(());
-    }
-    Err(io::Error::last_os_error())
 }
 
 /// Mounts `fs` read-only on `dir`.
