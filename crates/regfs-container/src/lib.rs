@@ -45,6 +45,8 @@
 mod config;
 mod container;
 mod error;
+#[doc(hidden)]
+pub mod fuzz_api;
 mod init;
 mod preflight;
 mod rootfs;
