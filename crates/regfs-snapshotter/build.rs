@@ -6,12 +6,13 @@ use std::path::PathBuf;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     let include = protoc_bin_vendored::include_path()?;
-    // SAFETY: build scripts are single-threaded; nothing else reads the environment concurrently.
-    unsafe { std::env::set_var("PROTOC", &protoc) };
+    let mut config = tonic_prost_build::Config::new();
+    config.protoc_executable(protoc);
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_protos(
+        .compile_with_config(
+            config,
             &[PathBuf::from(
                 "proto/github.com/containerd/containerd/api/services/snapshots/v1/snapshots.proto",
             )],

@@ -80,9 +80,13 @@ impl std::fmt::Debug for LayerBlob {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PrefetchState {
+    /// [`LayerHandle::prefetch`] has not been called on this layer.
     NotStarted,
+    /// A prefetch is fetching the chunks before the landmark.
     Running,
+    /// The last prefetch stored every chunk it was asked for.
     Done,
+    /// The last prefetch ended with an error; on-demand reads still work.
     Failed,
 }
 

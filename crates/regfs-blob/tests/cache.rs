@@ -1,6 +1,10 @@
 //! The chunk cache through its public API: correctness, request counts, single-flight, dedup,
 //! eviction, restarts, verification, fault propagation and on-demand-vs-prefetch priority.
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the shared test modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::sync::Arc;

@@ -3,6 +3,10 @@
 //! landmark prefetch caches exactly the prioritized files, and a second layer sharing files
 //! with the first is answered from the store.
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the shared test modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::path::Path;

@@ -1,6 +1,10 @@
 //! The cache over a real Debian `docker-registry` on a free loopback port: chunks of a pushed
 //! blob are read with ranged GETs, merged into few requests, verified and cached.
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the shared test modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::sync::Arc;

@@ -35,9 +35,18 @@
 //! # }
 //! ```
 
+// Running a container is system programming that safe wrappers do not cover: `fork` in a
+// multi-threaded process (only async-signal-safe calls until `execve`), raw syscalls nix does
+// not wrap (`close_range`, `capset`), `sigaction` handlers that forward signals (`kill`, the
+// window-size ioctls), the pty ioctls (`TIOCGPTPEER`), and `SIOCSIFFLAGS` for the loopback of
+// `--net none`. Each `unsafe` block carries its own SAFETY comment.
+#![allow(unsafe_code)]
+
 mod config;
 mod container;
 mod error;
+#[doc(hidden)]
+pub mod fuzz_api;
 mod init;
 mod preflight;
 mod rootfs;

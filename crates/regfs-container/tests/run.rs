@@ -3,6 +3,10 @@
 //! these tests in parallel threads, which also exercises forking from a
 //! multi-threaded process.
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the shared test modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod busybox;
 
 use std::fs;

@@ -131,6 +131,7 @@ impl Default for ConvertOptions {
 pub struct ConvertReport {
     /// sha256 of the blob bytes written.
     pub blob_digest: Digest,
+    /// Number of blob bytes written (compressed data, TOC member and footer).
     pub blob_size: u64,
     /// sha256 of the decompressed blob (the layer's new DiffID).
     pub diff_id: Digest,
@@ -138,6 +139,7 @@ pub struct ConvertReport {
     pub toc_digest: Digest,
     /// Size of the decompressed blob (`io.containers.estargz.uncompressed-size`).
     pub uncompressed_size: u64,
+    /// The TOC written into the blob, as a value (the same document `toc_digest` hashes).
     pub toc: Toc,
     /// Prioritized paths not found in the layer (as given), skipped.
     pub missed_prioritized: Vec<String>,

@@ -24,8 +24,11 @@ pub enum Error {
         "toc offset {toc_offset} is outside the blob of {blob_size} bytes (footer {footer_size} bytes)"
     )]
     TocOffsetOutOfRange {
+        /// The TOC offset the footer names.
         toc_offset: u64,
+        /// Size of the whole blob.
         blob_size: u64,
+        /// Size of the footer found (eStargz or legacy).
         footer_size: usize,
     },
 
@@ -35,11 +38,19 @@ pub enum Error {
 
     /// The TOC (uncompressed JSON) exceeds [`crate::MAX_TOC_SIZE`].
     #[error("toc json of {size} bytes exceeds the limit of {max} bytes")]
-    TocTooLarge { size: u64, max: u64 },
+    TocTooLarge {
+        /// Size of the TOC JSON (announced by its tar header or counted while inflating).
+        size: u64,
+        /// The limit it exceeds.
+        max: u64,
+    },
 
     /// The TOC lists more entries than [`crate::MAX_TOC_ENTRIES`].
     #[error("toc has more than {max} entries")]
-    TooManyEntries { max: usize },
+    TooManyEntries {
+        /// The limit exceeded.
+        max: usize,
+    },
 
     /// The TOC JSON does not parse.
     #[error("invalid toc json: {0}")]
@@ -47,48 +58,83 @@ pub enum Error {
 
     /// The TOC parses but an entry is unusable (negative size, overlapping chunks, ...).
     #[error("invalid toc entry {name:?}: {reason}")]
-    InvalidEntry { name: String, reason: String },
+    InvalidEntry {
+        /// The entry's name as written in the TOC.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 
     /// A hardlink whose target is not in the TOC (or a hardlink cycle).
     #[error("{name:?} is a hardlink but the linkname {link_name:?} isn't found")]
-    HardlinkTargetMissing { name: String, link_name: String },
+    HardlinkTargetMissing {
+        /// The hardlink's name.
+        name: String,
+        /// The target it names, which no earlier entry has.
+        link_name: String,
+    },
 
     /// A gzip member that does not decode.
     #[error("invalid gzip member at blob offset {offset}: {reason}")]
-    Gzip { offset: u64, reason: String },
+    Gzip {
+        /// Blob offset of the member.
+        offset: u64,
+        /// What the decoder or the bounds check rejected.
+        reason: String,
+    },
 
     /// The TOC JSON digest differs from the expected one (the manifest annotation).
     #[error("invalid toc json digest {got}; want {want}")]
-    TocDigestMismatch { want: Digest, got: Digest },
+    TocDigestMismatch {
+        /// The digest expected (from the manifest annotation).
+        want: Digest,
+        /// The digest of the TOC JSON actually read.
+        got: Digest,
+    },
 
     /// A chunk's uncompressed bytes do not hash to its TOC digest.
     #[error(
         "chunk at file offset {chunk_offset} (member at blob offset {offset}) has digest {got}; want {want}"
     )]
     ChunkDigestMismatch {
+        /// Blob offset of the member holding the chunk.
         offset: u64,
+        /// Offset of the chunk inside its file.
         chunk_offset: u64,
+        /// The digest the TOC records for the chunk.
         want: Digest,
+        /// The digest of the bytes decoded.
         got: Digest,
     },
 
     /// A chunk without `chunkDigest` (and no whole-file `digest` to fall back on).
     #[error("chunk at file offset {chunk_offset} (member at blob offset {offset}) has no digest")]
-    MissingChunkDigest { offset: u64, chunk_offset: u64 },
+    MissingChunkDigest {
+        /// Blob offset of the member holding the chunk.
+        offset: u64,
+        /// Offset of the chunk inside its file.
+        chunk_offset: u64,
+    },
 
     /// An input tar entry the converter cannot represent or parse.
     #[error("tar entry {entry:?} at input offset {offset}: {reason}")]
     Tar {
+        /// The entry's name as far as it could be read.
         entry: String,
+        /// Offset of the entry's header in the input tar.
         offset: u64,
+        /// What could not be represented or parsed.
         reason: String,
     },
 
     /// The random-access source failed.
     #[error("reading {len} bytes at blob offset {offset}: {source}")]
     Read {
+        /// Blob offset of the read.
         offset: u64,
+        /// Number of bytes asked for.
         len: u64,
+        /// The source's error.
         source: std::io::Error,
     },
 

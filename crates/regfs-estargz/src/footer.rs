@@ -49,6 +49,7 @@ impl BlobFormat {
 /// A parsed footer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Footer {
+    /// Which footer layout was found: eStargz or legacy stargz.
     pub format: BlobFormat,
     /// Blob offset of the TOC member's gzip header.
     pub toc_offset: u64,

@@ -52,21 +52,29 @@ impl EntryId {
 pub struct IndexEntry {
     /// Cleaned full path (`""` for the root).
     pub name: String,
+    /// File type, as the TOC entry's `type` says.
     pub kind: EntryKind,
     /// File size (`reg`); 0 for other kinds.
     pub size: u64,
     /// Permission bits plus setuid/setgid/sticky (`mode & 0o7777`); the type comes from `kind`.
     pub mode: u32,
+    /// Owner user id (a TOC value outside `u32` is rejected).
     pub uid: u32,
+    /// Owner group id (a TOC value outside `u32` is rejected).
     pub gid: u32,
+    /// Owner user name: the TOC's `userName`, else the last one seen for this uid.
     pub uname: String,
+    /// Owner group name: the TOC's `groupName`, else the last one seen for this gid.
     pub gname: String,
     /// Unix seconds and nanoseconds.
     pub modtime: (i64, u32),
     /// Symlink target, or the raw hardlink target.
     pub link_name: String,
+    /// Major device number (`char`, `block`).
     pub dev_major: u32,
+    /// Minor device number (`char`, `block`).
     pub dev_minor: u32,
+    /// Extended attributes, raw values, sorted by name.
     pub xattrs: BTreeMap<String, Vec<u8>>,
     /// Whole-file digest (`reg`).
     pub digest: Option<Digest>,

@@ -20,14 +20,22 @@ pub const TOC_TAR_NAME: &str = "stargz.index.json";
 pub enum TocLocation {
     /// The tail held the whole TOC member.
     Parsed {
+        /// The parsed TOC.
         toc: Toc,
         /// sha256 of the TOC JSON bytes (what the `toc.digest` annotation names).
         digest: Digest,
+        /// Blob offset of the TOC member, from the footer.
         toc_offset: u64,
+        /// Which footer layout the blob ends with.
         format: BlobFormat,
     },
     /// Fetch blob bytes `[start, end)` (TOC member up to the footer) and call [`parse_toc_member`].
-    NeedRange { start: u64, end: u64 },
+    NeedRange {
+        /// Blob offset of the TOC member's first byte.
+        start: u64,
+        /// Blob offset one past the TOC member (where the footer starts).
+        end: u64,
+    },
 }
 
 /// Parses the footer in `tail` (the last `tail.len()` bytes of a blob of `blob_size` bytes) and,

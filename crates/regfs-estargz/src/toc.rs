@@ -25,12 +25,19 @@ pub const MAX_TOC_ENTRIES: usize = 4 << 20;
 /// The kind of a TOC entry (spec §2.2, `type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum EntryKind {
+    /// A directory (`"dir"`).
     Dir,
+    /// A regular file (`"reg"`); its first chunk when the file is split.
     Reg,
+    /// A symbolic link to `linkName` (`"symlink"`).
     Symlink,
+    /// A hard link to the earlier entry named by `linkName` (`"hardlink"`).
     Hardlink,
+    /// A character device (`"char"`).
     Char,
+    /// A block device (`"block"`).
     Block,
+    /// A named pipe (`"fifo"`).
     Fifo,
     /// A continuation chunk of the preceding `reg` entry.
     Chunk,
@@ -74,23 +81,31 @@ impl EntryKind {
 pub struct TocEntry {
     /// Raw tar name (not cleaned). For `chunk` entries the file name repeated.
     pub name: String,
+    /// The entry's `type`.
     pub kind: EntryKind,
     /// Logical file size (`reg`).
     pub size: i64,
     /// RFC 3339 modification time as stored (`None` when absent).
     pub modtime: Option<String>,
+    /// `linkName`: the symlink target, or the path a hardlink points at.
     pub link_name: String,
     /// Raw tar mode value (may carry `S_IF*` bits).
     pub mode: i64,
+    /// Owner user id.
     pub uid: i64,
+    /// Owner group id.
     pub gid: i64,
+    /// `userName`: owner user name from the tar header.
     pub user_name: String,
+    /// `groupName`: owner group name from the tar header.
     pub group_name: String,
     /// Compressed blob offset of the member holding the payload (0 = absent).
     pub offset: i64,
     /// Uncompressed offset of the payload inside that member (packed members only).
     pub inner_offset: i64,
+    /// `devMajor`: major device number (`char`, `block`).
     pub dev_major: i64,
+    /// `devMinor`: minor device number (`char`, `block`).
     pub dev_minor: i64,
     /// Extended attributes (raw values; base64 in JSON), sorted by key.
     pub xattrs: BTreeMap<String, Vec<u8>>,
@@ -134,6 +149,7 @@ impl TocEntry {
 /// The whole TOC document.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Toc {
+    /// TOC format version; eStargz writes 1.
     pub version: i64,
     /// `None` serialises as `null` (what Go writes for an empty layer).
     pub entries: Option<Vec<TocEntry>>,

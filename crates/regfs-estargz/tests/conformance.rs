@@ -1,6 +1,10 @@
 //! The reference conformance cases (spec §6) ported: writer/reader round trips with member
 //! counts, digests and verification, prioritized-file sorting.
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the shared test modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use regfs_estargz::{

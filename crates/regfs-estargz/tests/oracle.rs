@@ -8,6 +8,10 @@
 //! the peers sources in `../shared/peers` beside the repository to build it. Without them the
 //! test fails and says what is missing.
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the shared test modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::path::{Path, PathBuf};

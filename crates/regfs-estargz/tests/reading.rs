@@ -1,6 +1,10 @@
 //! Reader behaviour beyond the converter's own output: hostile and truncated blobs, legacy
 //! footers, packed (innerOffset) members, the two-read TOC path, lossless header corner cases.
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the shared test modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::io::Write;

@@ -3,6 +3,10 @@
 //! from a GNU tar (PAX format) of a small tree: we open it, verify it, and re-serialise its TOC
 //! byte for byte. Values below are what the reference printed for it.
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the shared test modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use regfs_estargz::{ConvertOptions, Digest, EntryKind, Reader, convert};

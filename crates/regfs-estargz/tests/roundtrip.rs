@@ -1,6 +1,10 @@
 //! Property: any tree converts, and every file reads back equal at any offset, whatever the
 //! chunk size, thread count and prioritized subset.
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the shared test modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::BTreeMap;

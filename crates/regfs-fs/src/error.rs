@@ -12,7 +12,12 @@ use crate::Ino;
 pub enum Error {
     /// No entry `name` in directory `parent`.
     #[error("no entry {name:?} in directory inode {parent}")]
-    NotFound { parent: Ino, name: String },
+    NotFound {
+        /// The directory searched.
+        parent: Ino,
+        /// The name looked up.
+        name: String,
+    },
 
     /// An inode number this filesystem never handed out.
     #[error("no inode {0}")]
@@ -36,18 +41,30 @@ pub enum Error {
 
     /// `getxattr` of an attribute the inode does not have.
     #[error("inode {ino} has no extended attribute {name:?}")]
-    NoXattr { ino: Ino, name: String },
+    NoXattr {
+        /// The inode asked.
+        ino: Ino,
+        /// The attribute name asked for.
+        name: String,
+    },
 
     /// The layer's TOC cannot be indexed (spec §2.7 failures such as a dangling hardlink).
     #[error("layer {layer}: cannot index its TOC: {source}")]
     Index {
+        /// Digest of the layer concerned.
         layer: Digest,
+        /// The format crate's reason.
         source: Arc<regfs_estargz::Error>,
     },
 
     /// The image is larger than the inode table's fixed-width fields can address.
     #[error("image too large: {what} exceeds {limit}")]
-    TooLarge { what: &'static str, limit: u64 },
+    TooLarge {
+        /// Which count overflowed (inodes, names, chunks, ...).
+        what: &'static str,
+        /// The largest value the table can hold.
+        limit: u64,
+    },
 
     /// More layers than the inode table can name.
     #[error("image has {0} layers, at most {max} are supported", max = crate::inode::MAX_LAYERS)]
@@ -58,17 +75,24 @@ pub enum Error {
         "layer {layer}: file {path:?} has an invalid chunk at file offset {chunk_offset}: {reason}"
     )]
     BadChunk {
+        /// Digest of the layer concerned.
         layer: Digest,
+        /// The file's path in the image.
         path: String,
+        /// Offset of the chunk inside the file.
         chunk_offset: u64,
+        /// What makes the chunk impossible.
         reason: &'static str,
     },
 
     /// Fetching or verifying chunk bytes failed.
     #[error("layer {layer}: reading {path:?} at chunk offset {chunk_offset}: {source}")]
     Blob {
+        /// Digest of the layer concerned.
         layer: Digest,
+        /// The file's path in the image.
         path: String,
+        /// Offset of the chunk inside the file.
         chunk_offset: u64,
         /// Boxed: the cache's error is large and this one travels through every `Result`.
         source: Box<regfs_blob::Error>,
@@ -77,8 +101,11 @@ pub enum Error {
     /// The FUSE session could not be set up or torn down.
     #[error("{op} {path}: {source}")]
     Mount {
+        /// What was being done (`mounting`, `unmounting`, ...).
         op: &'static str,
+        /// The mount point.
         path: PathBuf,
+        /// The operating system's error.
         source: Arc<std::io::Error>,
     },
 

@@ -59,15 +59,20 @@ pub struct FsOptions {
 /// What `statfs(2)` reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StatFs {
+    /// Size of all regular files in `block_size` units, rounded up (nothing is free: read-only).
     pub blocks: u64,
+    /// Number of inodes in the image.
     pub files: u64,
+    /// Block size the counts are in, in bytes.
     pub block_size: u32,
+    /// Longest file name, in bytes.
     pub name_max: u32,
 }
 
 /// An open regular file. Reads are stateless, so the handle is just the inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpenFile {
+    /// The opened regular file.
     pub ino: Ino,
 }
 

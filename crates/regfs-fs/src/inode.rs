@@ -69,11 +69,17 @@ impl std::fmt::Display for Ino {
 /// The kind of a file in the tree.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 pub enum FileKind {
+    /// A directory.
     Dir,
+    /// A regular file (hardlinks are regular files sharing an inode).
     Reg,
+    /// A symbolic link.
     Symlink,
+    /// A character device.
     Char,
+    /// A block device.
     Block,
+    /// A named pipe.
     Fifo,
 }
 
@@ -105,17 +111,23 @@ impl FileKind {
 /// The attributes of one inode, as `stat(2)` shows them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attr {
+    /// The inode these attributes belong to.
     pub ino: Ino,
+    /// File type (the `S_IFMT` part of `st_mode`).
     pub kind: FileKind,
     /// Permission bits including setuid, setgid and sticky (`0o7777`).
     pub perm: u16,
     /// File size; for a symlink the length of its target.
     pub size: u64,
+    /// Hard link count (for a directory: 2 plus its subdirectories).
     pub nlink: u32,
+    /// Owner user id, as recorded in the layer.
     pub uid: u32,
+    /// Owner group id, as recorded in the layer.
     pub gid: u32,
     /// `makedev(major, minor)` for devices, else 0.
     pub rdev: u64,
+    /// Modification time; also reported as atime and ctime.
     pub mtime: SystemTime,
 }
 
@@ -129,8 +141,11 @@ impl Attr {
 /// One entry of a directory listing.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DirEntry {
+    /// The inode the name refers to.
     pub ino: Ino,
+    /// File type of that inode, for `d_type`.
     pub kind: FileKind,
+    /// The name inside the directory: one path component.
     pub name: std::ffi::OsString,
 }
 

@@ -31,12 +31,14 @@ impl LayerCounters {
 /// Statistics of every layer of a mounted image, bottom layer first.
 #[derive(Clone, Debug, Serialize)]
 pub struct FsStats {
+    /// One entry per layer, in the image's layer order.
     pub layers: Vec<LayerStats>,
 }
 
 /// Statistics of one layer.
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerStats {
+    /// Digest of the layer's compressed blob.
     pub digest: Digest,
     /// Compressed blob size.
     pub size: u64,

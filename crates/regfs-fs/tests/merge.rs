@@ -1,6 +1,10 @@
 //! The merged view against the oracle (GNU `tar -x` of the same layers, applied in order with
 //! whiteouts), plus the per-layer view and the hidden names.
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the shared test modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::ffi::OsStr;

@@ -1,5 +1,9 @@
 //! The read path through the plain API: concurrent random reads, corruption, read-around.
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the shared test modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::ffi::OsStr;

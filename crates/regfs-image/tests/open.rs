@@ -3,6 +3,10 @@
 //! tested beside `tail_len`) —
 //! without a network, FUSE or root.
 
+// Test code: a panic is how a test fails; clippy's test allowance covers `#[test]` functions
+// only, not the helpers here.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::sync::Arc;

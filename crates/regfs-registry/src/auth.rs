@@ -34,7 +34,12 @@ const DOCKER_HUB_AUTH_KEY: &str = "https://index.docker.io/v1/";
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credentials {
     /// Username and password (or access token used as password).
-    UserPassword { username: String, password: String },
+    UserPassword {
+        /// The account name.
+        username: String,
+        /// The password, or an access token the registry accepts in its place.
+        password: String,
+    },
     /// An OAuth2 refresh token (`identitytoken` in docker's config), exchanged with the
     /// `refresh_token` grant.
     IdentityToken(String),

@@ -93,7 +93,9 @@ pub struct ClientConfig {
     pub platform: Option<Platform>,
     /// Connect timeout, idle-read timeout, and whole-request timeout of small requests.
     pub request_timeout: Duration,
+    /// How failed requests are retried (attempts, backoff, `Retry-After` cap).
     pub retry: RetryPolicy,
+    /// `User-Agent` header of every request; default `regfs/<version>`.
     pub user_agent: String,
     /// Explicit credentials by registry `host[:port]` (`docker.io` for Docker Hub); they win over
     /// the docker config.

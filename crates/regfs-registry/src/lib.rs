@@ -26,6 +26,8 @@ mod auth;
 mod blob;
 mod client;
 mod error;
+#[doc(hidden)]
+pub mod fuzz_api;
 mod hosts;
 mod manifest;
 mod platform;

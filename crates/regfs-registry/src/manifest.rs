@@ -25,9 +25,13 @@ pub const MAX_MANIFEST_SIZE: u64 = 4 * 1024 * 1024;
 /// Image configs are JSON held in memory; large history lists stay well below this.
 pub const MAX_CONFIG_SIZE: u64 = 16 * 1024 * 1024;
 
+/// Media type of an OCI image manifest (one platform: config + layers).
 pub const MEDIA_TYPE_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// Media type of an OCI image index (one manifest per platform).
 pub const MEDIA_TYPE_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// Media type of a Docker schema 2 manifest, read like an OCI manifest.
 pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Media type of a Docker manifest list, read like an OCI index.
 pub const MEDIA_TYPE_DOCKER_LIST: &str =
     "application/vnd.docker.distribution.manifest.list.v2+json";
 
@@ -45,10 +49,15 @@ pub struct ResolvedImage {
     pub reference: Reference,
     /// Digest of the platform manifest (not of the index it was picked from).
     pub manifest_digest: Digest,
+    /// The platform manifest, parsed: config descriptor and layers in order.
     pub manifest: ImageManifest,
+    /// The platform manifest exactly as fetched (its sha256 is `manifest_digest`).
     pub manifest_bytes: Vec<u8>,
+    /// Media type of the platform manifest (OCI or Docker schema 2).
     pub media_type: String,
+    /// The image config, parsed: command, environment, user, working directory, diff IDs.
     pub config: ImageConfiguration,
+    /// The image config exactly as fetched (verified against the manifest's config digest).
     pub config_bytes: Vec<u8>,
 }
 
@@ -99,6 +108,40 @@ fn parse_digest(s: &str, what: &str) -> Result<Digest, Error> {
     s.parse().map_err(|_| Error::BadManifest {
         what: what.to_owned(),
         reason: format!("digest {s:?} is not sha256"),
+    })
+}
+
+/// The digest of the manifest that `platform` runs, out of the index `body` that `r` named.
+pub(crate) fn pick_from_index(
+    body: &[u8],
+    r: &Reference,
+    platform: &Platform,
+) -> Result<Digest, Error> {
+    choose_platform(body, &r.to_string(), platform)
+}
+
+/// The image manifest `body` that `r` named, and the digest of its config blob.
+pub(crate) fn parse_manifest(body: &[u8], r: &Reference) -> Result<(ImageManifest, Digest), Error> {
+    let manifest = ImageManifest::from_reader(body).map_err(|e| Error::BadManifest {
+        what: format!("manifest {r}"),
+        reason: e.to_string(),
+    })?;
+    let config_digest = parse_digest(
+        manifest.config().digest().as_ref(),
+        &format!("manifest {r}"),
+    )?;
+    Ok((manifest, config_digest))
+}
+
+/// The image config `body` (blob `digest` of the image `r`).
+pub(crate) fn parse_config(
+    body: &[u8],
+    digest: &Digest,
+    r: &Reference,
+) -> Result<ImageConfiguration, Error> {
+    ImageConfiguration::from_reader(body).map_err(|e| Error::BadManifest {
+        what: format!("config {digest} of {r}"),
+        reason: e.to_string(),
     })
 }
 
@@ -190,11 +233,7 @@ impl Client {
         let config_bytes = self
             .fetch_blob_limited(r, &config_digest, MAX_CONFIG_SIZE)
             .await?;
-        let config =
-            ImageConfiguration::from_reader(&config_bytes[..]).map_err(|e| Error::BadManifest {
-                what: format!("config {config_digest} of {r}"),
-                reason: e.to_string(),
-            })?;
+        let config = parse_config(&config_bytes, &config_digest, r)?;
         Ok(ResolvedImage {
             reference: r.with_digest(chosen.digest),
             manifest_digest: chosen.digest,
@@ -353,16 +392,14 @@ pub fn choose_platform(body: &[u8], what: &str, platform: &Platform) -> Result<D
         what: format!("index {what}"),
         reason: e.to_string(),
     })?;
-    let i = platform
+    let descriptor = platform
         .pick(&index)
+        .and_then(|i| index.manifests().get(i))
         .ok_or_else(|| Error::NoMatchingPlatform {
             reference: what.to_owned(),
             platform: platform.to_string(),
         })?;
-    parse_digest(
-        index.manifests()[i].digest().as_ref(),
-        &format!("index {what}"),
-    )
+    parse_digest(descriptor.digest().as_ref(), &format!("index {what}"))
 }
 
 /// The media type of a manifest body read from somewhere other than a registry reply (an OCI

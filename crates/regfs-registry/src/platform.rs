@@ -10,8 +10,11 @@ use crate::Error;
 /// The platform an image must run on, in OCI spelling (`linux/amd64`, `linux/arm/v7`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Platform {
+    /// Operating system, e.g. `linux`.
     pub os: String,
+    /// CPU architecture with Go's names, e.g. `amd64`, `arm64`.
     pub architecture: String,
+    /// CPU variant, e.g. `v7` for `arm`; `None` accepts any variant.
     pub variant: Option<String>,
 }
 

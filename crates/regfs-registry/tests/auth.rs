@@ -1,6 +1,10 @@
 //! Auth against a real `docker-registry`: htpasswd Basic, token auth (OAuth2 POST, GET fallback,
 //! identity tokens) and credentials from docker's `config.json`.
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the shared test modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::sync::atomic::Ordering;

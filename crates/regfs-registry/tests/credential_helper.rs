@@ -2,6 +2,10 @@
 //! real htpasswd-protected `docker-registry`. Its own test binary because it puts the helper on
 //! this process's PATH.
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the shared test modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use regfs_registry::Client;
@@ -11,6 +15,9 @@ const USER: &str = "helper-user";
 const PASS: &str = "helper-pass";
 
 #[test]
+// `set_var` is unsafe since edition 2024; the client finds helpers on this process's PATH, and
+// this binary has a single test, so no other thread reads the environment meanwhile.
+#[allow(unsafe_code)]
 fn credential_helper_supplies_basic_credentials() {
     let bin = tempfile::tempdir().unwrap();
     let helper = bin.path().join("docker-credential-test");

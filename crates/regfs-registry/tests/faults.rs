@@ -2,6 +2,10 @@
 //! 5xx and 429 bursts, resets mid-body, ignored Range, wrong bytes, expiring tokens, expiring
 //! redirect targets, unreachable hosts.
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the shared test modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::sync::Arc;

@@ -1,6 +1,10 @@
 //! Against a real Debian `docker-registry` without auth: push and pull of blobs, manifests and
 //! indexes, ranged reads, mounts, platform choice, mirrors from hosts.toml.
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the shared test modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use regfs_registry::{

@@ -16,7 +16,7 @@
 //! error: the snapshotter then logs it, counts it, and lets containerd download the layer.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -246,7 +246,6 @@ impl Drop for LazyMount {
         self.release();
     }
 }
-
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section here is a map insert/remove: a panic cannot leave one half done.

@@ -6,6 +6,10 @@
 //! Needs root, containerd, runc, ctr, ctr-remote, docker-registry, skopeo and busybox-static;
 //! a missing tool fails the test with its name.
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the support modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,10 @@
 //! The snapshots service through the gRPC client over a unix socket: lifecycle, error codes,
 //! persistence, and the remote-layer seam with a fake provider.
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the support modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::sync::Arc;

@@ -29,7 +29,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub use containerd::{Containerd, mounts_under, run_ok};
-pub use registry::{Auth, Registry, RegistryConfig};
+pub use registry::{Auth, Registry, RegistryConfig, http_get};
 
 /// Deterministic pseudo-random bytes (xorshift): contents differ between files and offsets, and
 /// compression has work to do.

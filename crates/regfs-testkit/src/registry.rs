@@ -181,32 +181,16 @@ impl Registry {
     }
 
     fn try_get(&self, path: &str, accept: Option<&str>) -> std::io::Result<(u16, Vec<u8>)> {
-        let mut s = TcpStream::connect(&self.addr)?;
-        s.set_read_timeout(Some(Duration::from_secs(60)))?;
-        let mut req = format!("GET {path} HTTP/1.0\r\nHost: {}\r\n", self.addr);
+        let mut headers = Vec::new();
         if let Some(a) = accept {
-            req.push_str(&format!("Accept: {a}\r\n"));
+            headers.push(("Accept", a.to_owned()));
         }
         if let Some((u, p)) = &self.basic_auth {
             use base64::Engine as _;
             let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
-            req.push_str(&format!("Authorization: Basic {token}\r\n"));
+            headers.push(("Authorization", format!("Basic {token}")));
         }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes())?;
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp)?;
-        let split = resp
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| std::io::Error::other("no end of headers"))?;
-        let head = String::from_utf8_lossy(&resp[..split]).into_owned();
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
-        Ok((status, resp[split + 4..].to_vec()))
+        http_get(&self.addr, path, &headers)
     }
 
     /// The manifest `repo:reference` (OCI or Docker), as stored.
@@ -277,4 +261,34 @@ impl Drop for Registry {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// `GET http://addr/path` over HTTP/1.0 with `headers`: (status, body). Independent of regfs's
+/// own client, so that tests check the registry's content with something else.
+pub fn http_get(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, String)],
+) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes())?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp)?;
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no end of headers"))?;
+    let head = String::from_utf8_lossy(&resp[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line in {head:?}")))?;
+    Ok((status, resp[split + 4..].to_vec()))
 }

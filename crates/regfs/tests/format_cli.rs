@@ -2,6 +2,10 @@
 //! binary as root against two oracles: GNU `tar -x` of the same blob (what a runtime that knows
 //! nothing of eStargz does with it) and the reference Go implementation (`esgz-oracle`).
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the shared test modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::BTreeMap;

@@ -5,6 +5,10 @@
 //! private containerd + runc. Layers are checked by the reference Go implementation
 //! (`esgz-oracle verify --toc-digest`).
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the shared test modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::BTreeMap;

@@ -3,6 +3,10 @@
 //! Mounted trees are compared with the overlay oracle: GNU `tar -x` of the same layers applied in
 //! order with their whiteouts ([`support::image::overlay_oracle`]).
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the shared test modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -3,6 +3,10 @@
 //! (busybox-static + applet symlinks) plus an app layer of many files, converted to eStargz by
 //! `regfs convert-image`. Runs are real (private mount namespace, FUSE lower, overlay).
 
+// Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
+// functions only, not the helpers here and in the shared test modules, hence this allow.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::BTreeSet;

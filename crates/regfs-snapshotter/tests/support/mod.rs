@@ -10,7 +10,6 @@ pub mod registry;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::Arc;
 
 use regfs_snapshotter::{Client, RemoteLayers, Snapshotter};
@@ -104,18 +103,4 @@ pub fn remote_labels(target: &str, layer: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// Runs `cmd` and returns its output, failing the test with stderr when it does not succeed.
-#[track_caller]
-pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+pub use regfs_testkit::run_ok;

@@ -5,9 +5,7 @@
 //! applying whiteouts and opaque directories the way a runtime's snapshotter does.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -479,33 +477,16 @@ fn remove_any(p: &Path) {
 
 /// Sets the mtime of `p` (not following symlinks), keeping its atime.
 pub fn set_mtime(p: &Path, secs: i64, nsecs: i64) {
-    let c = CString::new(p.as_os_str().as_bytes()).expect("path");
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        libc::timespec {
-            tv_sec: secs,
-            tv_nsec: nsecs,
-        },
-    ];
-    // SAFETY: c is NUL-terminated and times has the two entries utimensat reads.
-    let rc = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "utimensat {}: {}",
-        p.display(),
-        std::io::Error::last_os_error()
-    );
+    use nix::sys::stat::{UtimensatFlags, utimensat};
+    use nix::sys::time::TimeSpec;
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        p,
+        &TimeSpec::UTIME_OMIT,
+        &TimeSpec::new(secs, nsecs),
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap_or_else(|e| panic!("utimensat {}: {e}", p.display()));
 }
 
 /// The blob file of `digest` in a registry's filesystem storage root.

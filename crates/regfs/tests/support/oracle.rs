@@ -156,22 +156,14 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 /// An `flock(2)` held until dropped.
-struct FileLock<'a>(&'a fs::File);
+struct FileLock(#[allow(dead_code)] nix::fcntl::Flock<fs::File>);
 
-impl<'a> FileLock<'a> {
-    fn exclusive(file: &'a fs::File) -> FileLock<'a> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: the fd is valid for the lifetime of `file`.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-        assert_eq!(rc, 0, "flock: {}", std::io::Error::last_os_error());
-        FileLock(file)
-    }
-}
-
-impl Drop for FileLock<'_> {
-    fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: as above.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+impl FileLock {
+    fn exclusive(file: &fs::File) -> FileLock {
+        let file = file.try_clone().expect("dup the lock file");
+        FileLock(
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+                .unwrap_or_else(|(_, e)| panic!("flock: {e}")),
+        )
     }
 }

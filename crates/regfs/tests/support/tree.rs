@@ -7,7 +7,6 @@
 //! reference writes it. Keying both trees lossily compares what can be compared.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::CString;
 use std::fs;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -284,59 +283,13 @@ fn sha256_file(path: &PathBuf) -> String {
 
 /// All extended attributes of `path` itself (not following a symlink).
 pub fn xattrs(path: &Path) -> BTreeMap<String, Vec<u8>> {
-    let c = CString::new(path.as_os_str().as_bytes()).expect("no NUL in path");
     let mut out = BTreeMap::new();
-    // SAFETY: c is a valid NUL-terminated path; a null buffer with size 0 asks for the length.
-    let len = unsafe { libc::llistxattr(c.as_ptr(), std::ptr::null_mut(), 0) };
-    assert!(
-        len >= 0,
-        "llistxattr {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
-    if len == 0 {
-        return out;
-    }
-    let mut names = vec![0u8; len as usize];
-    // SAFETY: names has exactly `len` writable bytes.
-    let len = unsafe { libc::llistxattr(c.as_ptr(), names.as_mut_ptr().cast(), names.len()) };
-    assert!(
-        len >= 0,
-        "llistxattr {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
-    for name in names[..len as usize]
-        .split(|b| *b == 0)
-        .filter(|n| !n.is_empty())
-    {
-        let cname = CString::new(name).expect("xattr name");
-        // SAFETY: both strings are NUL-terminated; size 0 asks for the value length.
-        let vlen = unsafe { libc::lgetxattr(c.as_ptr(), cname.as_ptr(), std::ptr::null_mut(), 0) };
-        assert!(
-            vlen >= 0,
-            "lgetxattr {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-        let mut value = vec![0u8; vlen as usize];
-        // SAFETY: value has exactly `vlen` writable bytes.
-        let vlen = unsafe {
-            libc::lgetxattr(
-                c.as_ptr(),
-                cname.as_ptr(),
-                value.as_mut_ptr().cast(),
-                value.len(),
-            )
-        };
-        assert!(
-            vlen >= 0,
-            "lgetxattr {}: {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-        value.truncate(vlen as usize);
-        out.insert(String::from_utf8_lossy(name).into_owned(), value);
+    let names = xattr::list(path).unwrap_or_else(|e| panic!("llistxattr {}: {e}", path.display()));
+    for name in names {
+        let value = xattr::get(path, &name)
+            .unwrap_or_else(|e| panic!("lgetxattr {}: {e}", path.display()))
+            .unwrap_or_default();
+        out.insert(name.to_string_lossy().into_owned(), value);
     }
     out
 }
