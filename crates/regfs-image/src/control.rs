@@ -123,6 +123,16 @@ fn empty_stats(digest: Digest, size: u64) -> regfs_fs::LayerStats {
 
 /// Prometheus text exposition of `r`.
 pub fn prometheus(r: &MountReport) -> String {
+    prometheus_labelled(r, &[])
+}
+
+/// Prometheus text exposition of `r`, with `extra` labels on every sample (a process that
+/// serves several mounts labels them by mountpoint).
+pub fn prometheus_labelled(r: &MountReport, extra: &[(&str, &str)]) -> String {
+    let extra: String = extra
+        .iter()
+        .map(|(k, v)| format!(",{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+        .collect();
     let mut out = String::new();
     type Metric = (&'static str, &'static str, fn(&LayerReport) -> u64);
     let metrics: [Metric; 8] = [
@@ -160,11 +170,19 @@ pub fn prometheus(r: &MountReport) -> String {
     for (name, help, get) in metrics {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
         for l in &r.layers {
-            out.push_str(&format!("{name}{{layer=\"{}\"}} {}\n", l.digest, get(l)));
+            out.push_str(&format!(
+                "{name}{{layer=\"{}\"{extra}}} {}\n",
+                l.digest,
+                get(l)
+            ));
         }
     }
+    let fallback_labels = extra
+        .strip_prefix(',')
+        .map(|l| format!("{{{l}}}"))
+        .unwrap_or_default();
     out.push_str(&format!(
-        "# HELP regfs_fallback_layers layers fetched whole (not eStargz)\n# TYPE regfs_fallback_layers gauge\nregfs_fallback_layers {}\n",
+        "# HELP regfs_fallback_layers layers fetched whole (not eStargz)\n# TYPE regfs_fallback_layers gauge\nregfs_fallback_layers{fallback_labels} {}\n",
         r.fallbacks
     ));
     out
@@ -195,11 +213,20 @@ pub fn serve_socket(
 }
 
 /// Binds `addr` now (a taken address fails the mount) and returns the task serving
-/// `GET /metrics` (Prometheus text) on it until aborted.
+/// `GET /metrics` (Prometheus text) for `image` on it until aborted.
 pub fn serve_metrics(
     addr: std::net::SocketAddr,
     image: Arc<LazyImage>,
     mountpoint: PathBuf,
+) -> Result<impl std::future::Future<Output = Result<()>>> {
+    serve_text(addr, move || prometheus(&report(&image, &mountpoint)))
+}
+
+/// Binds `addr` now and returns the task answering every HTTP request on it with `body()`
+/// (Prometheus text) until aborted.
+pub fn serve_text(
+    addr: std::net::SocketAddr,
+    body: impl Fn() -> String + Send + 'static,
 ) -> Result<impl std::future::Future<Output = Result<()>>> {
     let std_listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("binding metrics address {addr}"))?;
@@ -214,7 +241,7 @@ pub fn serve_metrics(
                 .accept()
                 .await
                 .context("accepting a metrics client")?;
-            let body = prometheus(&report(&image, &mountpoint));
+            let body = body();
             tokio::spawn(async move {
                 // One request per connection: read the request head (bounded), answer, close.
                 let mut buf = [0u8; 4096];

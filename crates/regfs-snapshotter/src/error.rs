@@ -103,6 +103,14 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The configuration file is not valid TOML of the expected shape.
+    #[error("config {path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line and key.
+        reason: String,
+    },
     /// A filesystem operation on the snapshotter's root failed.
     #[error("{op} {path}: {source}")]
     Io {
@@ -151,6 +159,7 @@ impl From<Error> for tonic::Status {
             Error::Metadata { .. }
             | Error::CorruptRecord { .. }
             | Error::Io { .. }
+            | Error::Config { .. }
             | Error::Transport(_)
             | Error::Task(_) => Code::Internal,
         };

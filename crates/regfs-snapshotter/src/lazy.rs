@@ -31,7 +31,58 @@ use crate::remote::{RemoteError, RemoteLayer, RemoteLayers, RemoteMount};
 use crate::snapshot::Usage;
 
 /// An image being opened, or opened, for the layers still to be mounted.
-type Opening = Shared<BoxFuture<'static, Result<Arc<OpenedLayers>, Arc<String>>>>;
+type Opening = Shared<BoxFuture<'static, Result<Arc<OpenedLayers>, Arc<Failure>>>>;
+
+/// Why a layer could not be mounted lazily (each is a fallback to a normal download).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The layer is not eStargz (a plain gzip/zstd layer).
+    NotEstargz,
+    /// Its TOC did not verify, or it has no TOC digest to verify against.
+    Verification,
+    /// The registry could not be reached or refused the requests.
+    Registry,
+    /// Anything else (a bad reference, a local error).
+    Other,
+}
+
+impl FailureKind {
+    /// The label value in metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::NotEstargz => "not_estargz",
+            FailureKind::Verification => "verification",
+            FailureKind::Registry => "registry",
+            FailureKind::Other => "other",
+        }
+    }
+
+    fn of(err: &regfs_image::Error) -> FailureKind {
+        match err.root() {
+            regfs_image::Error::NotEstargz { .. } => FailureKind::NotEstargz,
+            regfs_image::Error::TocDigestMismatch { .. }
+            | regfs_image::Error::UnverifiedToc { .. } => FailureKind::Verification,
+            regfs_image::Error::Registry { .. }
+            | regfs_image::Error::Manifest(_)
+            | regfs_image::Error::Blob { .. } => FailureKind::Registry,
+            _ => FailureKind::Other,
+        }
+    }
+
+    const ALL: [FailureKind; 4] = [
+        FailureKind::NotEstargz,
+        FailureKind::Verification,
+        FailureKind::Registry,
+        FailureKind::Other,
+    ];
+}
+
+/// A failed open: its kind (for the metrics) and the whole error chain (for the log).
+#[derive(Debug)]
+struct Failure {
+    kind: FailureKind,
+    message: String,
+}
 
 /// An opened image whose layers are taken out one by one as containerd prepares them.
 struct OpenedLayers {
@@ -49,6 +100,7 @@ pub struct LazyLayers {
     options: LazyOptions,
     images: Mutex<HashMap<String, Opening>>,
     mounts: Arc<Mutex<HashMap<PathBuf, Arc<LazyImage>>>>,
+    failures: Mutex<HashMap<FailureKind, u64>>,
 }
 
 impl LazyLayers {
@@ -63,7 +115,80 @@ impl LazyLayers {
             options,
             images: Mutex::new(HashMap::new()),
             mounts: Arc::new(Mutex::new(HashMap::new())),
+            failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Layer mounts that failed (and fell back to a download), by kind.
+    pub fn failures(&self) -> Vec<(FailureKind, u64)> {
+        let f = lock(&self.failures);
+        FailureKind::ALL
+            .iter()
+            .map(|k| (*k, f.get(k).copied().unwrap_or(0)))
+            .collect()
+    }
+
+    /// Prometheus text: the snapshotter's remote counters, the failures by kind, and every live
+    /// lazy mount's per-layer counters (labelled by mountpoint).
+    pub fn prometheus(&self, remote: &crate::RemoteStatsSnapshot) -> String {
+        let mut out = String::new();
+        let counters = [
+            (
+                "regfs_snapshotter_remote_mounted_total",
+                "layers mounted lazily",
+                remote.mounted,
+            ),
+            (
+                "regfs_snapshotter_remounted_total",
+                "lazy layers mounted again at start-up",
+                remote.remounted,
+            ),
+            (
+                "regfs_snapshotter_remount_failed_total",
+                "lazy layers that could not be mounted again at start-up",
+                remote.remount_failed,
+            ),
+            (
+                "regfs_snapshotter_fallback_bad_labels_total",
+                "fallbacks to a download: malformed labels",
+                remote.fallback_bad_labels,
+            ),
+            (
+                "regfs_snapshotter_fallback_mount_failed_total",
+                "fallbacks to a download: the lazy mount failed",
+                remote.fallback_mount_failed,
+            ),
+            (
+                "regfs_snapshotter_fallback_commit_failed_total",
+                "fallbacks to a download: recording the snapshot failed",
+                remote.fallback_commit_failed,
+            ),
+        ];
+        for (name, help, value) in counters {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            ));
+        }
+        let name = "regfs_snapshotter_lazy_failures_total";
+        out.push_str(&format!(
+            "# HELP {name} lazy mounts that failed, by reason\n# TYPE {name} counter\n"
+        ));
+        for (kind, n) in self.failures() {
+            out.push_str(&format!("{name}{{reason=\"{}\"}} {n}\n", kind.as_str()));
+        }
+        for (dir, image) in self.mounts() {
+            let report = control::report(&image, &dir);
+            out.push_str(&control::prometheus_labelled(
+                &report,
+                &[("mountpoint", &dir.display().to_string())],
+            ));
+        }
+        out
+    }
+
+    fn failed(&self, failure: &Failure) -> RemoteError {
+        *lock(&self.failures).entry(failure.kind).or_default() += 1;
+        RemoteError::from(failure.message.clone())
     }
 
     /// The live mounts and their images, for `regfs stats` and the metrics endpoint.
@@ -89,7 +214,12 @@ impl LazyLayers {
             let started = Instant::now();
             let image = regfs_image::open_image(&source, &cache, &options)
                 .await
-                .map_err(|e| Arc::new(chain(&e)))?;
+                .map_err(|e| {
+                    Arc::new(Failure {
+                        kind: FailureKind::of(&e),
+                        message: chain(&e),
+                    })
+                })?;
             let OpenedImage {
                 name,
                 manifest_digest,
@@ -119,7 +249,7 @@ impl LazyLayers {
         let opened = self
             .opening(&layer.image_ref)?
             .await
-            .map_err(|e| RemoteError::from(e.as_str().to_owned()))?;
+            .map_err(|e| self.failed(&e))?;
         let taken = lock(&opened.layers).remove(&digest);
         let (taken, started) = match taken {
             Some(l) => (l, opened.started),
@@ -130,7 +260,7 @@ impl LazyLayers {
                 let again = self
                     .opening(&layer.image_ref)?
                     .await
-                    .map_err(|e| RemoteError::from(e.as_str().to_owned()))?;
+                    .map_err(|e| self.failed(&e))?;
                 let l = lock(&again.layers).remove(&digest).ok_or_else(|| {
                     RemoteError::from(format!("image {} has no layer {digest}", layer.image_ref))
                 })?;

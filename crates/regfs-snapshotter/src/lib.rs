@@ -74,6 +74,7 @@
 #![deny(missing_docs)]
 
 mod client;
+mod config;
 mod error;
 mod filter;
 mod lazy;
@@ -85,8 +86,9 @@ mod snapshot;
 mod snapshotter;
 
 pub use client::Client;
+pub use config::SnapshotterConfig;
 pub use error::Error;
-pub use lazy::LazyLayers;
+pub use lazy::{FailureKind, LazyLayers};
 pub use remote::{
     CRI_IMAGE_LAYERS_LABEL, CRI_IMAGE_REF_LABEL, CRI_LAYER_DIGEST_LABEL, FallbackReason,
     REMOTE_MARKER_LABEL, RemoteError, RemoteLayer, RemoteLayers, RemoteMount, RemoteStatsSnapshot,

@@ -12,11 +12,19 @@ mod cmd;
 
 fn main() -> ExitCode {
     let cli = cmd::Cli::parse();
+    // The snapshotter is a service: its config file may set the level; the CLI stays quiet.
+    let default_filter = match &cli.command {
+        cmd::Command::Snapshotter(args) => cmd::snapshotter::log_level(args).map_or_else(
+            || "info,fuser=error".to_owned(),
+            |l| format!("{l},fuser=error"),
+        ),
+        _ => "warn,fuser=error".to_owned(),
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("REGFS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,fuser=error")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .init();
     match cmd::run(cli) {

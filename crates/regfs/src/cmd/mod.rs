@@ -12,6 +12,7 @@ mod inspect_ref;
 pub mod mount;
 mod optimize;
 pub mod run;
+pub mod snapshotter;
 mod stats;
 mod umount;
 
@@ -51,6 +52,8 @@ pub enum Command {
     Umount(umount::Args),
     /// Show what a live mount has fetched, per layer.
     Stats(stats::Args),
+    /// Serve containerd as the remote snapshotter `regfs` (lazy eStargz layers, overlayfs).
+    Snapshotter(snapshotter::Args),
 }
 
 /// Runs the chosen subcommand.
@@ -67,5 +70,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args),
         Command::Umount(args) => umount::run(args),
         Command::Stats(args) => stats::run(args),
+        Command::Snapshotter(args) => snapshotter::run(args),
     }
 }
