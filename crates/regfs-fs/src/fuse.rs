@@ -156,11 +156,25 @@ pub fn is_mounted(dir: &Path) -> bool {
         .any(|m| unescape_mountinfo(m) == want)
 }
 
+/// mountinfo escapes space, tab, newline and backslash as `\ooo` (octal).
 fn unescape_mountinfo(s: &str) -> String {
-    s.replace("\\040", " ")
-        .replace("\\011", "\t")
-        .replace("\\012", "\n")
-        .replace("\\134", "\\")
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Mounts `fs` read-only on `dir`.
@@ -545,5 +559,30 @@ fn xattr_reply(reply: ReplyXattr, value: &[u8], size: u32) {
         reply.data(value);
     } else {
         reply.error(Errno::ERANGE);
+    }
+}
+
+#[cfg(test)]
+mod mountinfo_tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        let cases = [
+            (r"/plain", "/plain"),
+            (r"/with\040space", "/with space"),
+            (r"/tab\011and\134backslash", "/tab\tand\\backslash"),
+            (r"/short\04", r"/short\04"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(unescape_mountinfo(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn the_root_is_a_mountpoint_and_a_fresh_dir_is_not() {
+        assert!(is_mounted(Path::new("/")));
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!is_mounted(dir.path()));
     }
 }

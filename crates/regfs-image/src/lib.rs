@@ -57,7 +57,7 @@ pub use lazy::{
 };
 pub use open::{
     FoundToc, MAX_TAIL, MAX_TOC_READ, MIN_TAIL, OpenOptions, OpenedImage, OpenedLayer,
-    TAIL_DIVISOR, open_image, tail_len, toc_from_tail, verify_toc,
+    TAIL_DIVISOR, error_chain, open_image, tail_len, toc_from_tail, verify_toc,
 };
 pub use prefetch::{PrefetchPlan, all_chunks, fill_layer};
 pub use source::{

@@ -453,8 +453,8 @@ pub fn verify_toc(
     }
 }
 
-/// `err` and its sources on one line.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+/// `err` and its sources on one line (what a log line or a fallback reason shows).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut next = err.source();
     while let Some(e) = next {

@@ -217,7 +217,7 @@ impl LazyLayers {
                 .map_err(|e| {
                     Arc::new(Failure {
                         kind: FailureKind::of(&e),
-                        message: chain(&e),
+                        message: regfs_image::error_chain(&e),
                     })
                 })?;
             let OpenedImage {
@@ -380,16 +380,4 @@ impl Drop for LazyMount {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Every critical section here is a map insert/remove: a panic cannot leave one half done.
     m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// `err` with its sources, on one line (what the snapshotter logs as the fallback reason).
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut next = err.source();
-    while let Some(e) = next {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        next = e.source();
-    }
-    out
 }

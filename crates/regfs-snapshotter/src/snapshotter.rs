@@ -783,37 +783,9 @@ fn detach(path: &Path) {
     }
 }
 
-/// Whether `path` is a mount point, from /proc/self/mountinfo (a bind mount of a directory of
-/// the same filesystem has the same st_dev, so comparing devices is not enough).
+/// Whether `path` is a mount point (the one mountinfo reader of regfs, in regfs-fs).
 pub(crate) fn is_mountpoint(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = path.to_string_lossy();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|m| unescape_mountinfo(m) == want)
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    regfs_fs::is_mounted(path)
 }
 
 /// Allocated bytes and distinct inodes under `dir`, the directory included, without following
@@ -841,19 +813,6 @@ fn disk_usage(dir: &Path) -> Result<Usage, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_escapes_are_undone() {
-        let cases = [
-            (r"/plain", "/plain"),
-            (r"/with\040space", "/with space"),
-            (r"/tab\011and\134backslash", "/tab\tand\\backslash"),
-            (r"/short\04", r"/short\04"),
-        ];
-        for (raw, want) in cases {
-            assert_eq!(unescape_mountinfo(raw), want, "{raw}");
-        }
-    }
 
     #[test]
     fn the_root_is_a_mountpoint_and_a_fresh_dir_is_not() {
