@@ -38,6 +38,7 @@ mod convert;
 mod error;
 mod extract;
 mod image_convert;
+pub mod inspect;
 mod layout;
 mod lazy;
 mod open;
