@@ -2,10 +2,12 @@
 //! challenges, docker's `config.json`, credential helpers, token replies.
 //!
 //! Where credentials come from, first match wins:
-//! 1. `ClientConfig::credentials` (explicit, by registry host);
-//! 2. `credHelpers[host]` in the docker config → `docker-credential-<name> get`;
-//! 3. `auths[host]` (`auth` = base64 `user:pass`, or `username`/`password`, or `identitytoken`);
-//! 4. `credsStore` → `docker-credential-<name> get`.
+//! 1. `ClientConfig::keychain` (credentials handed over at run time, by registry host and
+//!    repository: e.g. what kubelet sent with its last `PullImage` of that image);
+//! 2. `ClientConfig::credentials` (explicit, by registry host);
+//! 3. `credHelpers[host]` in the docker config → `docker-credential-<name> get`;
+//! 4. `auths[host]` (`auth` = base64 `user:pass`, or `username`/`password`, or `identitytoken`);
+//! 5. `credsStore` → `docker-credential-<name> get`.
 //!
 //! Docker Hub's key in `config.json` is `https://index.docker.io/v1/`; other hosts may be written
 //! with or without a scheme and path, so keys are compared by their host part.
@@ -57,6 +59,20 @@ impl fmt::Debug for Credentials {
             Credentials::IdentityToken(_) => f.write_str("IdentityToken(<redacted>)"),
         }
     }
+}
+
+/// Credentials that arrive while the client runs, looked up per request before any configured
+/// ones: a CRI image-service proxy fills one with the credentials kubelet sends for each image.
+pub trait Keychain: Send + Sync + fmt::Debug {
+    /// The credentials for `repository` (e.g. `library/python`) on registry `host`
+    /// (`host[:port]`, `docker.io` for Docker Hub), if this keychain has some.
+    fn credentials(&self, host: &str, repository: &str) -> Option<Credentials>;
+}
+
+/// The repository named by the first `repository:<name>:<actions>` scope.
+pub(crate) fn scope_repository(scopes: &[String]) -> Option<&str> {
+    let rest = scopes.first()?.strip_prefix("repository:")?;
+    rest.rsplit_once(':').map(|(name, _)| name)
 }
 
 /// What a registry's `WWW-Authenticate` asks for.
@@ -328,6 +344,21 @@ async fn run_helper(name: &str, host: &str) -> Result<Option<Credentials>, Error
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_repository_of_a_scope() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            scope_repository(&s(&["repository:library/python:pull"])),
+            Some("library/python")
+        );
+        assert_eq!(
+            scope_repository(&s(&["repository:a/b:pull,push", "repository:c:pull"])),
+            Some("a/b")
+        );
+        assert_eq!(scope_repository(&s(&["registry:catalog:*"])), None);
+        assert_eq!(scope_repository(&[]), None);
+    }
 
     #[test]
     fn challenge_table() {

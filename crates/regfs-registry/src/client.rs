@@ -32,7 +32,8 @@ use regfs_estargz::Digest;
 use url::Url;
 
 use crate::auth::{
-    Challenge, Credentials, TokenReply, docker_config_dir, docker_credentials, parse_challenge,
+    Challenge, Credentials, Keychain, TokenReply, docker_config_dir, docker_credentials,
+    parse_challenge, scope_repository,
 };
 use crate::hosts::{Capabilities, HostSpec, host_specs};
 use crate::{Error, Platform};
@@ -97,6 +98,9 @@ pub struct ClientConfig {
     pub retry: RetryPolicy,
     /// `User-Agent` header of every request; default `regfs/<version>`.
     pub user_agent: String,
+    /// Credentials handed over at run time, by host and repository; they win over every other
+    /// source (see [`Keychain`]).
+    pub keychain: Option<Arc<dyn Keychain>>,
     /// Explicit credentials by registry `host[:port]` (`docker.io` for Docker Hub); they win over
     /// the docker config.
     pub credentials: HashMap<String, Credentials>,
@@ -116,6 +120,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             user_agent: concat!("regfs/", env!("CARGO_PKG_VERSION")).to_owned(),
+            keychain: None,
             credentials: HashMap::new(),
             docker_config_dir: None,
             // Distribution buffers a chunk per PATCH in memory; 16 MiB keeps that modest while
@@ -575,7 +580,7 @@ impl Client {
             })?;
         if challenge == Challenge::Basic
             && !matches!(
-                self.credentials_for(ep).await?,
+                self.credentials_for(ep, scopes).await?,
                 Some(Credentials::UserPassword { .. })
             )
         {
@@ -719,7 +724,7 @@ impl Client {
         let challenge = lock(&self.inner.challenges).get(&ep.authority).cloned();
         let value = match challenge {
             None => return Ok(None),
-            Some(Challenge::Basic) => match self.credentials_for(ep).await? {
+            Some(Challenge::Basic) => match self.credentials_for(ep, scopes).await? {
                 Some(Credentials::UserPassword { username, password }) => {
                     basic(&username, &password)
                 }
@@ -767,10 +772,18 @@ impl Client {
             .map(|t| t.value.clone())
     }
 
+    /// The credentials for a request to `ep` with token `scopes` (whose first names the
+    /// repository the keychain is asked about).
     pub(crate) async fn credentials_for(
         &self,
         ep: &Endpoint,
+        scopes: &[String],
     ) -> Result<Option<Credentials>, Error> {
+        if let (Some(keychain), Some(repo)) = (&self.inner.cfg.keychain, scope_repository(scopes))
+            && let Some(c) = keychain.credentials(&ep.cred_host, repo)
+        {
+            return Ok(Some(c));
+        }
         if let Some(c) = self.inner.cfg.credentials.get(&ep.cred_host) {
             return Ok(Some(c.clone()));
         }
@@ -810,7 +823,7 @@ impl Client {
                 reason: "realm is not http(s)".into(),
             });
         }
-        let creds = self.credentials_for(ep).await?;
+        let creds = self.credentials_for(ep, scopes).await?;
         let reply = match &creds {
             Some(Credentials::UserPassword { username, password }) => {
                 let form = [

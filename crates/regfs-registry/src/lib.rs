@@ -35,7 +35,7 @@ mod push;
 mod range;
 mod reference;
 
-pub use auth::Credentials;
+pub use auth::{Credentials, Keychain};
 pub use blob::MAX_IN_MEMORY_BLOB;
 pub use client::{Client, ClientConfig, RequestStats, RetryPolicy};
 pub use error::Error;

@@ -68,6 +68,59 @@ async fn basic_auth_good_and_bad_credentials() {
     assert!(err.to_string().contains("no username/password"), "{err}");
 }
 
+/// A keychain whose entries change while the client runs, as a CRI proxy's do.
+#[derive(Debug, Default)]
+struct Remembered(std::sync::Mutex<Vec<(String, String, Credentials)>>);
+
+impl regfs_registry::Keychain for Remembered {
+    fn credentials(&self, host: &str, repository: &str) -> Option<Credentials> {
+        let entries = self.0.lock().unwrap();
+        entries
+            .iter()
+            .find(|(h, r, _)| h == host && r == repository)
+            .map(|(_, _, c)| c.clone())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keychain_credentials_are_per_repository_win_and_are_read_at_each_request() {
+    let reg = Registry::start(Auth::Htpasswd {
+        user: USER.into(),
+        password: PASS.into(),
+    })
+    .await;
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let keychain = std::sync::Arc::new(Remembered::default());
+    let mut cfg = test_config(cfg_dir.path());
+    // The configured credentials are wrong: only the keychain's can make a request pass.
+    cfg.credentials
+        .insert(reg.host.clone(), user_pass(USER, "wrong"));
+    cfg.keychain = Some(keychain.clone());
+    let client = Client::new(cfg).unwrap();
+    let r = reg.reference("auth/img:1");
+
+    // Nothing in the keychain yet: the configured (wrong) credentials are used.
+    let err = client.fetch_manifest(&r).await.unwrap_err();
+    assert!(err.to_string().contains("rejected"), "{err}");
+
+    // Credentials for another repository do not apply to this one.
+    keychain
+        .0
+        .lock()
+        .unwrap()
+        .push((reg.host.clone(), "auth/other".into(), user_pass(USER, PASS)));
+    let err = client.fetch_manifest(&r).await.unwrap_err();
+    assert!(err.to_string().contains("rejected"), "{err}");
+
+    // Handed over for this repository, they win over the configured ones on the same client.
+    keychain
+        .0
+        .lock()
+        .unwrap()
+        .push((reg.host.clone(), "auth/img".into(), user_pass(USER, PASS)));
+    round_trip(&client, &reg).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn token_auth_with_oauth2_post() {
     let tokens = TokenServer::start(TokenOptions {

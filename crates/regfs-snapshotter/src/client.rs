@@ -11,6 +11,39 @@ use crate::Error;
 use crate::proto::{self, snapshots as pb};
 use crate::snapshot::{Info, Mount, Usage};
 
+/// The URI is required by tonic but unused: the connector always dials the socket.
+fn unix_endpoint() -> Endpoint {
+    Endpoint::from_static("http://[::]:50051")
+}
+
+fn unix_connector(
+    socket: PathBuf,
+) -> impl tower::Service<
+    tonic::codegen::http::Uri,
+    Response = TokioIo<tokio::net::UnixStream>,
+    Error = std::io::Error,
+    Future = impl Send,
+> + Clone
++ Send {
+    tower::service_fn(move |_| {
+        let socket = socket.clone();
+        async move { Ok(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }
+    })
+}
+
+/// A channel to the gRPC server on the unix socket `socket`, connected at first use (and again
+/// after the server restarts).
+pub(crate) fn unix_channel(socket: PathBuf) -> Channel {
+    unix_endpoint().connect_with_connector_lazy(unix_connector(socket))
+}
+
+/// A channel to the gRPC server on the unix socket `socket`, connected now.
+pub(crate) async fn connect_unix(socket: &Path) -> Result<Channel, Error> {
+    Ok(unix_endpoint()
+        .connect_with_connector(unix_connector(socket.to_owned()))
+        .await?)
+}
+
 /// A connected snapshots client. Calls answer the server's `tonic::Status` unchanged, so
 /// callers can check codes.
 #[derive(Clone)]
@@ -21,18 +54,7 @@ pub struct Client {
 impl Client {
     /// Connects to the snapshotter listening on `socket`.
     pub async fn connect(socket: &Path) -> Result<Client, Error> {
-        let socket: PathBuf = socket.to_owned();
-        // The URI is required by the API but unused: the connector below always dials `socket`.
-        let channel = Endpoint::from_static("http://[::]:50051")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move {
-                    Ok::<_, std::io::Error>(TokioIo::new(
-                        tokio::net::UnixStream::connect(socket).await?,
-                    ))
-                }
-            }))
-            .await?;
+        let channel = connect_unix(socket).await?;
         Ok(Client {
             inner: pb::snapshots_client::SnapshotsClient::new(channel),
         })

@@ -85,6 +85,14 @@ pub enum Error {
         /// Why it is not mounted.
         reason: String,
     },
+    /// A CRI `PullImage` whose image or credentials the proxy cannot read.
+    #[error("CRI PullImage of {image:?}: {reason}")]
+    BadCriAuth {
+        /// The image as kubelet named it.
+        image: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The metadata database failed.
     #[error("metadata database {path}: {source}")]
     Metadata {
@@ -151,7 +159,8 @@ impl From<Error> for tonic::Status {
             Error::ParentNotCommitted { .. }
             | Error::EmptyKey { .. }
             | Error::ImmutableField { .. }
-            | Error::BadRemoteLabel { .. } => Code::InvalidArgument,
+            | Error::BadRemoteLabel { .. }
+            | Error::BadCriAuth { .. } => Code::InvalidArgument,
             Error::NotActive { .. } | Error::NotMountable { .. } | Error::HasChildren { .. } => {
                 Code::FailedPrecondition
             }

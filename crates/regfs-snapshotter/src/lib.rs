@@ -6,6 +6,8 @@
 //! `containerd.services.snapshots.v1.Snapshots` service on a unix socket; [`Client`] is the
 //! typed client tests and tools use. Lazily pulled layers come in through the
 //! [`RemoteLayers`] trait, which this crate only calls: the eStargz FUSE mount plugs in there.
+//! [`cri`] is the CRI image-service proxy a Kubernetes node puts in front of containerd, so that
+//! kubelet's per-pull credentials reach those lazily mounted layers.
 //!
 //! containerd loads it with:
 //!
@@ -75,6 +77,7 @@
 
 mod client;
 mod config;
+pub mod cri;
 mod error;
 mod filter;
 mod lazy;

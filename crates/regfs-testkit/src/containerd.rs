@@ -1,6 +1,7 @@
 //! A private containerd (Debian's 1.6 + runc) with its own root, state and socket in a temp dir,
 //! started the way `shared/testbed/containerd.sh` does (no systemd, CRI disabled, isolated
-//! content sharing) and stopped by PID on drop; optionally with a proxy snapshotter plugin.
+//! content sharing) and stopped by PID on drop; optionally with a proxy snapshotter plugin, or
+//! with its CRI plugin enabled on top of one (as a Kubernetes node runs it).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -25,15 +26,28 @@ pub struct Containerd {
 impl Containerd {
     /// containerd with its own overlayfs snapshotter only; `ctr` uses `namespace`.
     pub fn start(namespace: &str) -> Containerd {
-        Containerd::start_with(namespace, None)
+        Containerd::start_with(namespace, None, None)
     }
 
     /// containerd with the proxy snapshotter `name` listening on `socket`.
     pub fn start_with_snapshotter(namespace: &str, name: &str, socket: &Path) -> Containerd {
-        Containerd::start_with(namespace, Some((name, socket)))
+        Containerd::start_with(namespace, Some((name, socket)), None)
     }
 
-    fn start_with(namespace: &str, snapshotter: Option<(&str, &Path)>) -> Containerd {
+    /// containerd with its CRI plugin serving on [`Containerd::socket`], pulling through the
+    /// proxy snapshotter `name` on `socket` with snapshot annotations on (what remote
+    /// snapshotters need), registries configured by the hosts.toml directory `hosts_dir`, and
+    /// empty CNI directories (pulls need no network plugin). `ctr` uses CRI's namespace,
+    /// `k8s.io`.
+    pub fn start_cri(name: &str, socket: &Path, hosts_dir: &Path) -> Containerd {
+        Containerd::start_with("k8s.io", Some((name, socket)), Some(hosts_dir))
+    }
+
+    fn start_with(
+        namespace: &str,
+        snapshotter: Option<(&str, &Path)>,
+        cri_hosts_dir: Option<&Path>,
+    ) -> Containerd {
         require_root();
         let bin = require_tool("containerd", "containerd");
         require_tool("runc", "runc");
@@ -47,11 +61,16 @@ impl Containerd {
         let state = dir.path().join("state");
         let socket = dir.path().join("c.sock");
         let config = dir.path().join("config.toml");
+        let disabled = if cri_hosts_dir.is_some() {
+            ""
+        } else {
+            r#""io.containerd.grpc.v1.cri""#
+        };
         let mut toml = format!(
             r#"version = 2
 root = "{root}"
 state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
+disabled_plugins = [{disabled}]
 [grpc]
   address = "{sock}"
 [ttrpc]
@@ -67,6 +86,26 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
             toml.push_str(&format!(
                 "[proxy_plugins]\n  [proxy_plugins.{name}]\n    type = \"snapshot\"\n    address = \"{}\"\n",
                 snap.display()
+            ));
+        }
+        if let (Some(hosts), Some((name, _))) = (cri_hosts_dir, snapshotter) {
+            let cni = dir.path().join("cni");
+            for d in ["bin", "conf"] {
+                std::fs::create_dir_all(cni.join(d)).expect("cni dirs");
+            }
+            toml.push_str(&format!(
+                r#"[plugins."io.containerd.grpc.v1.cri"]
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "{name}"
+    disable_snapshot_annotations = false
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{hosts}"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni}/bin"
+    conf_dir = "{cni}/conf"
+"#,
+                hosts = hosts.display(),
+                cni = cni.display()
             ));
         }
         std::fs::write(&config, toml).expect("write containerd config");

@@ -27,14 +27,18 @@ pub struct RegistryArgs {
 impl RegistryArgs {
     /// A client configured from these options.
     pub fn client(&self) -> anyhow::Result<Client> {
-        let cfg = ClientConfig {
+        Client::new(self.config()).context("setting up the registry client")
+    }
+
+    /// The registry client's configuration these options describe.
+    pub fn config(&self) -> ClientConfig {
+        ClientConfig {
             hosts_dir: Some(self.hosts_dir.clone()).filter(|d| d.is_dir()),
             insecure_registries: self.insecure_registries.clone(),
             proxy: self.proxy.clone(),
             platform: self.platform.clone(),
             ..ClientConfig::default()
-        };
-        Client::new(cfg).context("setting up the registry client")
+        }
     }
 
     /// The platform to pick from an index.

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use regfs_snapshotter::cri::api as cri;
 use support::image::{
     LayoutLayer, busybox_tar, convert_image, files_tar, require_fuse, skopeo_push, write_layout,
 };
@@ -34,16 +35,23 @@ struct Snapshotter {
     config: PathBuf,
     metrics: String,
     log: PathBuf,
+    /// Extra command-line arguments (the CRI proxy's).
+    extra: Vec<std::ffi::OsString>,
 }
 
 impl Snapshotter {
     fn start(dir: &Path) -> Snapshotter {
+        Snapshotter::start_with(dir, Vec::new(), "")
+    }
+
+    /// With extra arguments and extra lines of config.
+    fn start_with(dir: &Path, extra: Vec<std::ffi::OsString>, config_lines: &str) -> Snapshotter {
         let metrics = format!("127.0.0.1:{}", free_port());
         let config = dir.join("snapshotter.toml");
         std::fs::write(
             &config,
             format!(
-                "cache_dir = \"{}\"\nmetrics_address = \"{metrics}\"\nlog_level = \"debug\"\n",
+                "cache_dir = \"{}\"\nmetrics_address = \"{metrics}\"\nlog_level = \"debug\"\n{config_lines}",
                 dir.join("cache").display()
             ),
         )
@@ -55,6 +63,7 @@ impl Snapshotter {
             config,
             metrics,
             log: dir.join("snapshotter.log"),
+            extra,
         };
         s.spawn();
         s
@@ -75,6 +84,9 @@ impl Snapshotter {
             .arg(&self.root)
             .arg("--config")
             .arg(&self.config)
+            .args(&self.extra)
+            // No credentials but those handed over at run time (the CRI proxy's).
+            .env("DOCKER_CONFIG", self.root.with_extension("docker"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -352,4 +364,235 @@ fn containerd_runs_images_lazily_through_regfs_snapshotter() {
     );
     drop(ctrd);
     snap.stop();
+}
+
+/// A `PullImage` request as kubelet sends it for a pod with an image pull secret.
+fn pull_request(image: &str, user: &str, password: &str) -> cri::PullImageRequest {
+    cri::PullImageRequest {
+        image: Some(cri::ImageSpec {
+            image: image.to_owned(),
+            ..Default::default()
+        }),
+        auth: Some(cri::AuthConfig {
+            username: user.to_owned(),
+            password: password.to_owned(),
+            ..Default::default()
+        }),
+        sandbox_config: None,
+    }
+}
+
+#[test]
+fn cri_proxy_hands_kubelets_pull_credentials_to_the_lazy_layers() {
+    const USER: &str = "kubelet";
+    const PASS: &str = "pull-secret";
+    require_fuse();
+    let work = scratch();
+    // A private registry: every request needs the pull secret, the snapshotter's lazy ones too.
+    let reg = Registry::start_basic_auth(USER, PASS);
+    let big = noise(BIG, 78);
+    let tars = [
+        busybox_tar(&[]),
+        files_tar(&[
+            ("app/hello.txt", b"hello from a private lazy layer\n"),
+            ("app/big.bin", &big),
+        ]),
+    ];
+    let layout = work.path().join("layout");
+    let layers: Vec<LayoutLayer> = tars.iter().map(|t| LayoutLayer::gzip(t)).collect();
+    write_layout(&layout, "v1", &layers, &["/bin/sh"]);
+    // The control image differs in its app layer, so containerd has to prepare that one again.
+    let other = files_tar(&[("app/hello.txt", b"the control image\n")]);
+    let control = work.path().join("control");
+    write_layout(
+        &control,
+        "v1",
+        &[LayoutLayer::gzip(&tars[0]), LayoutLayer::gzip(&other)],
+        &["/bin/sh"],
+    );
+    let docker = work.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        format!("{USER}:{PASS}"),
+    );
+    std::fs::write(
+        docker.join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{basic}"}}}}}}"#, reg.addr),
+    )
+    .unwrap();
+    let via_proxy = format!("{}/cri/app:regfs", reg.addr);
+    let direct = format!("{}/cri/direct:regfs", reg.addr);
+    for (src, dst) in [(&layout, &via_proxy), (&control, &direct)] {
+        run_ok(
+            regfs()
+                .env("DOCKER_CONFIG", &docker)
+                .arg("convert-image")
+                .arg(format!("oci:{}:v1", src.display()))
+                .arg(dst),
+        );
+    }
+    // containerd (CRI plugin on, as on a Kubernetes node) and regfs reach it over plain HTTP.
+    let hosts = work.path().join("certs.d");
+    std::fs::create_dir_all(hosts.join(&reg.addr)).unwrap();
+    std::fs::write(
+        hosts.join(&reg.addr).join("hosts.toml"),
+        format!(
+            "server = \"http://{a}\"\n[host.\"http://{a}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            a = reg.addr
+        ),
+    )
+    .unwrap();
+    let ctrd =
+        regfs_testkit::Containerd::start_cri(SNAPSHOTTER, &work.path().join("snap.sock"), &hosts);
+    let cri_socket = work.path().join("cri.sock");
+    let mut snap = Snapshotter::start_with(
+        work.path(),
+        vec![
+            "--cri-proxy".into(),
+            cri_socket.clone().into(),
+            "--cri-upstream".into(),
+            ctrd.socket.clone().into(),
+        ],
+        &format!("hosts_dir = \"{}\"\n", hosts.display()),
+    );
+    while !cri_socket.exists() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    runtime.block_on(async {
+        let mut kubelet = regfs_snapshotter::cri::image_service_client(&cri_socket)
+            .await
+            .unwrap();
+        // Any ImageService call is forwarded.
+        let fs = kubelet
+            .image_fs_info(cri::ImageFsInfoRequest::default())
+            .await
+            .unwrap_or_else(|e| panic!("ImageFsInfo: {e}\n{}", ctrd.log()))
+            .into_inner();
+        assert!(!fs.image_filesystems.is_empty(), "{fs:?}");
+        // A wrong secret: containerd's refusal comes back through the proxy unchanged.
+        let err = kubelet
+            .pull_image(pull_request(&via_proxy, USER, "wrong"))
+            .await
+            .unwrap_err();
+        assert!(
+            err.message().contains("401") || err.message().contains("nauthorized"),
+            "{err}"
+        );
+        // The right one: pulled, and every layer mounted lazily with it.
+        let pulled = kubelet
+            .pull_image(pull_request(&via_proxy, USER, PASS))
+            .await
+            .unwrap_or_else(|e| panic!("PullImage: {e}\n{}", snap.log()))
+            .into_inner();
+        assert!(pulled.image_ref.starts_with("sha256:"), "{pulled:?}");
+        let status = kubelet
+            .image_status(cri::ImageStatusRequest {
+                image: Some(cri::ImageSpec {
+                    image: via_proxy.clone(),
+                    ..Default::default()
+                }),
+                verbose: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            status.image.map(|i| i.id),
+            Some(pulled.image_ref.clone()),
+            "ImageStatus through the proxy"
+        );
+    });
+    let scrape = snap.scrape();
+    assert_eq!(
+        metric(&scrape, "regfs_snapshotter_remote_mounted_total"),
+        2,
+        "{scrape}\n{}",
+        snap.log()
+    );
+    assert_eq!(
+        metric(&scrape, "regfs_cri_pulls_with_credentials_total"),
+        2,
+        "{scrape}"
+    );
+    let fetched = metric(&scrape, "regfs_layer_fetched_bytes");
+    let size = metric(&scrape, "regfs_layer_size_bytes");
+    assert!(
+        size > BIG as u64 && fetched < size / 2,
+        "fetched {fetched} of {size} bytes: not lazy\n{scrape}"
+    );
+    let out = run_ok(ctrd.ctr().args([
+        "run",
+        "--rm",
+        "--snapshotter",
+        SNAPSHOTTER,
+        &via_proxy,
+        "cri-1",
+        "cat",
+        "/app/hello.txt",
+    ]));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hello from a private lazy layer\n"
+    );
+
+    // The control: the same kind of pull sent to containerd directly, bypassing the proxy.
+    // containerd has the secret and downloads the image; regfs never saw it, so its lazy open
+    // is refused by the registry, and that fallback is logged and counted.
+    runtime.block_on(async {
+        let mut direct_cri = regfs_snapshotter::cri::image_service_client(&ctrd.socket)
+            .await
+            .unwrap();
+        direct_cri
+            .pull_image(pull_request(&direct, USER, PASS))
+            .await
+            .unwrap_or_else(|e| panic!("direct PullImage: {e}"));
+    });
+    let scrape = snap.scrape();
+    assert_eq!(
+        metric(&scrape, "regfs_snapshotter_remote_mounted_total"),
+        2,
+        "{scrape}"
+    );
+    assert!(
+        metric_with(&scrape, "regfs_snapshotter_lazy_failures_total", "registry") >= 1,
+        "{scrape}\n{}",
+        snap.log()
+    );
+
+    // RemoveImage through the proxy releases the lazy mounts.
+    runtime.block_on(async {
+        let mut kubelet = regfs_snapshotter::cri::image_service_client(&cri_socket)
+            .await
+            .unwrap();
+        for image in [&via_proxy, &direct] {
+            kubelet
+                .remove_image(cri::RemoveImageRequest {
+                    image: Some(cri::ImageSpec {
+                        image: image.clone(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .unwrap();
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !regfs_mounts_under(&snap.root).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "mounts left: {:?}\n{}",
+            regfs_mounts_under(&snap.root),
+            ctr_snapshots(&ctrd, &["ls"])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(ctrd);
+    snap.stop();
+    assert!(
+        !cri_socket.exists(),
+        "the proxy's socket is removed on exit"
+    );
 }

@@ -1,7 +1,9 @@
-//! `regfs snapshotter --address SOCK --root DIR [--config FILE]`: the containerd remote
-//! snapshotter (proxy plugin `regfs`), serving eStargz layers lazily and every other layer as
-//! containerd's overlayfs snapshotter would. SIGTERM or SIGINT stop it cleanly (its lazy mounts
-//! are unmounted; a restart mounts them again before the socket opens).
+//! `regfs snapshotter --address SOCK --root DIR [--config FILE] [--cri-proxy SOCK
+//! --cri-upstream SOCK]`: the containerd remote snapshotter (proxy plugin `regfs`), serving
+//! eStargz layers lazily and every other layer as containerd's overlayfs snapshotter would;
+//! optionally also the CRI image-service proxy that hands kubelet's pull credentials to the lazy
+//! layers. SIGTERM or SIGINT stop it cleanly (its lazy mounts are unmounted; a restart mounts
+//! them again before the socket opens).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,6 +11,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use regfs_image::{LazyOptions, OpenOptions};
+use regfs_registry::{Client, Keychain};
+use regfs_snapshotter::cri::CriKeychain;
 use regfs_snapshotter::{LazyLayers, RemoteLayers, Snapshotter, SnapshotterConfig};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -29,6 +33,14 @@ pub struct Args {
     /// TOML configuration (cache, prefetch, hosts dir, metrics address; see docs).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Also serve the CRI image service on this socket (kubelet's `--image-service-endpoint`),
+    /// forwarding every call to containerd and keeping each PullImage's credentials for the
+    /// image's lazily pulled layers.
+    #[arg(long, value_name = "SOCK", requires = "cri_upstream")]
+    cri_proxy: Option<PathBuf>,
+    /// containerd's CRI socket the proxy forwards to (its `grpc.address`).
+    #[arg(long, value_name = "SOCK", requires = "cri_proxy")]
+    cri_upstream: Option<PathBuf>,
 }
 
 /// The log filter the config asks for (REGFS_LOG wins); read before tracing is set up.
@@ -50,11 +62,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: Args, config: SnapshotterConfig) -> anyhow::Result<ExitCode> {
-    let client = RegistryArgs {
+    let keychain = args
+        .cri_proxy
+        .as_ref()
+        .map(|_| Arc::new(CriKeychain::new()));
+    let mut client_config = RegistryArgs {
         hosts_dir: config.hosts_dir.clone(),
         ..RegistryArgs::default()
     }
-    .client()?;
+    .config();
+    client_config.keychain = keychain.clone().map(|k| k as Arc<dyn Keychain>);
+    let client = Client::new(client_config).context("setting up the registry client")?;
     let cache_dir = regfs_image::cache_dir(config.cache_dir.clone());
     std::fs::create_dir_all(&cache_dir)
         .with_context(|| format!("creating {}", cache_dir.display()))?;
@@ -82,36 +100,73 @@ async fn serve(args: Args, config: SnapshotterConfig) -> anyhow::Result<ExitCode
     ));
     let remote: Arc<dyn RemoteLayers> = Arc::new(layers.clone());
     let snapshotter = Arc::new(Snapshotter::open(&args.root, Some(remote))?);
-    if let Some(parent) = args.address.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let _ = std::fs::remove_file(&args.address);
-    let listener = tokio::net::UnixListener::bind(&args.address)
-        .with_context(|| format!("binding {}", args.address.display()))?;
+    let listener = bind(&args.address)?;
     let metrics = match config.metrics_address {
         Some(addr) => {
-            let (layers, snapshotter) = (layers.clone(), snapshotter.clone());
+            let (layers, snapshotter, keychain) =
+                (layers.clone(), snapshotter.clone(), keychain.clone());
             let task = regfs_image::control::serve_text(addr, move || {
-                layers.prometheus(&snapshotter.remote_stats())
+                let mut text = layers.prometheus(&snapshotter.remote_stats());
+                if let Some(k) = &keychain {
+                    text.push_str(&k.prometheus());
+                }
+                text
             })?;
             Some(tokio::spawn(task))
         }
         None => None,
     };
+    // One signal stops both servers.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let cri = match (&args.cri_proxy, &args.cri_upstream, keychain) {
+        (Some(sock), Some(upstream), Some(keychain)) => {
+            let listener = bind(sock)?;
+            tracing::info!(address = %sock.display(), upstream = %upstream.display(), "CRI image-service proxy serving");
+            Some(tokio::spawn(regfs_snapshotter::cri::serve_cri_proxy(
+                listener,
+                upstream.clone(),
+                keychain,
+                stopped(),
+            )))
+        }
+        _ => None,
+    };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tracing::info!(address = %args.address.display(), root = %args.root.display(), "snapshotter serving");
-    regfs_snapshotter::serve(listener, snapshotter, async move {
+    tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-    })
-    .await?;
+        let _ = stop_tx.send(true);
+    });
+    tracing::info!(address = %args.address.display(), root = %args.root.display(), "snapshotter serving");
+    let served = regfs_snapshotter::serve(listener, snapshotter, stopped()).await;
+    if let Some(task) = cri {
+        task.await.context("the CRI proxy task")??;
+    }
     if let Some(m) = metrics {
         m.abort();
     }
-    let _ = std::fs::remove_file(&args.address);
+    for sock in std::iter::once(&args.address).chain(&args.cri_proxy) {
+        let _ = std::fs::remove_file(sock);
+    }
+    served?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Listens on the unix socket `path`, replacing a stale socket file a previous run left.
+fn bind(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    let _ = std::fs::remove_file(path);
+    tokio::net::UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))
 }
