@@ -59,7 +59,8 @@ pub struct FsOptions {
 /// What `statfs(2)` reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StatFs {
-    /// Size of all regular files in `block_size` units, rounded up (nothing is free: read-only).
+    /// Size in `block_size` units: each regular file rounded up, one block for every other inode
+    /// (nothing is free: read-only).
     pub blocks: u64,
     /// Number of inodes in the image.
     pub files: u64,
@@ -239,15 +240,21 @@ impl ImageFs {
 
     /// Filesystem totals, as `df` shows them.
     pub fn statfs(&self) -> StatFs {
-        let bytes: u64 = self
+        let block = u64::from(BLOCK_SIZE);
+        // A regular file takes its size rounded up to blocks; every other inode (directory,
+        // link, whiteout, device) one block, as on a disk filesystem. So even a layer of only
+        // directories and whiteouts has a non-zero capacity (kubelet and cAdvisor warn on 0).
+        let blocks: u64 = self
             .table
             .inodes
             .iter()
-            .filter(|i| i.kind() == FileKind::Reg)
-            .map(|i| i.size)
+            .map(|i| match i.kind() {
+                FileKind::Reg => i.size.div_ceil(block),
+                _ => 1,
+            })
             .fold(0, u64::saturating_add);
         StatFs {
-            blocks: bytes.div_ceil(u64::from(BLOCK_SIZE)),
+            blocks,
             files: self.table.inodes.len() as u64,
             block_size: BLOCK_SIZE,
             name_max: crate::inode::NAME_MAX as u32,

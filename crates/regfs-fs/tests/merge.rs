@@ -173,6 +173,32 @@ async fn single_layer_view_shows_whiteouts_as_overlayfs_expects() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statfs_counts_every_inode_so_no_layer_reports_zero_capacity() {
+    // A layer of only a directory and a whiteout: no file bytes at all.
+    let mut t = LayerTar::new();
+    t.dir("var/", 0o755).whiteout("var", "gone");
+    let img = image_from_blobs(
+        vec![to_estargz(&t.finish(), CHUNK)],
+        FsOptions::default(),
+        true,
+    );
+    let st = img.fs.statfs();
+    assert_eq!(st.files, 3, "root, var and the whiteout: {st:?}");
+    assert_eq!(st.blocks, 3, "one block per non-file inode: {st:?}");
+    // Files count their size in blocks, rounded up.
+    let mut t = LayerTar::new();
+    t.file("a", &[1u8; 4097]).file("b", b"");
+    let img = image_from_blobs(
+        vec![to_estargz(&t.finish(), CHUNK)],
+        FsOptions::default(),
+        true,
+    );
+    let st = img.fs.statfs();
+    assert_eq!(st.block_size, 4096);
+    assert_eq!(st.blocks, 1 + 2, "root; a = 2 blocks; b = 0: {st:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_map_to_errno() {
     let img = image(&three_layers(), CHUNK);
     let fs: &ImageFs = &img.fs;

@@ -54,6 +54,11 @@ async fn mounted_three_layer_image_equals_oracle() {
     assert_eq!(err.raw_os_error(), Some(libc::EROFS));
     let st = nix::sys::statvfs::statvfs(&mnt).expect("statvfs of the mount");
     assert_eq!(st.files(), img.fs.statfs().files);
+    assert_eq!(st.blocks(), img.fs.statfs().blocks);
+    assert!(
+        st.blocks() > 0 && st.blocks_free() == 0,
+        "read-only, never empty"
+    );
     tokio::task::spawn_blocking(move || guard.unmount())
         .await
         .unwrap()

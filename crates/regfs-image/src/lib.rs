@@ -7,7 +7,8 @@
 //!
 //! - [`ImageLocation`] parses what a user writes; [`ImageSource`] is where an image comes from:
 //!   [`RegistryImage`], [`LayoutImage`], and [`MemoryImage`] for tests (no I/O at all).
-//! - [`open_image`] fetches and verifies every layer's TOC ([`OpenedImage`]); [`LazyImage`]
+//! - [`open_image`] fetches and verifies every layer's TOC ([`OpenedImage`]; per layer:
+//!   [`open_image_layers`]); [`LazyImage`]
 //!   builds the [`regfs_fs::ImageFs`] on top and starts each layer's [`PrefetchPlan`].
 //! - [`convert_image`] / [`convert_layer`] write eStargz ([`ConversionOptions`] is shared by
 //!   every conversion); [`extract`] materialises a layer like `tar -x`.
@@ -57,8 +58,9 @@ pub use lazy::{
     DEFAULT_CACHE_DIR, LayerInfo, LazyImage, LazyOptions, STORE_SUBDIR, cache_dir, open_cache,
 };
 pub use open::{
-    FoundToc, MAX_TAIL, MAX_TOC_READ, MIN_TAIL, OpenOptions, OpenedImage, OpenedLayer,
-    TAIL_DIVISOR, error_chain, open_image, tail_len, toc_from_tail, verify_toc,
+    FoundToc, LayerOutcomes, MAX_TAIL, MAX_TOC_READ, MIN_TAIL, OpenOptions, OpenedImage,
+    OpenedLayer, TAIL_DIVISOR, error_chain, open_image, open_image_layers, tail_len, toc_from_tail,
+    verify_toc,
 };
 pub use prefetch::{PrefetchPlan, all_chunks, fill_layer};
 pub use source::{

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::FutureExt as _;
 use futures::future::{BoxFuture, Shared};
 use oci_spec::image::{Descriptor, ImageConfiguration};
 use regfs_blob::{BlobSource, ChunkCache, EarlySource, FileSource, LayerBlob, LayerHandle};
@@ -168,12 +169,51 @@ fn annotation<'a>(desc: &'a Descriptor, key: &str) -> Option<&'a str> {
     desc.annotations().as_ref()?.get(key).map(String::as_str)
 }
 
-/// Opens every layer of the image `source` names (see the module doc for the round trips).
+/// An image opened layer by layer: each layer has its own outcome, so that a caller that can
+/// download some layers itself (the snapshotter) still serves the others lazily.
+pub struct LayerOutcomes {
+    /// The image's name pinned to its manifest digest.
+    pub name: String,
+    /// The platform manifest's digest.
+    pub manifest_digest: Digest,
+    /// The image config.
+    pub config: ImageConfiguration,
+    /// Each layer's digest and its opened layer or why it could not be opened, bottom first.
+    pub layers: Vec<(Digest, Result<OpenedLayer>)>,
+}
+
+/// Opens every layer of the image `source` names (see the module doc for the round trips);
+/// the first layer that fails fails the whole open.
 pub async fn open_image(
     source: &Arc<dyn ImageSource>,
     cache: &Arc<ChunkCache>,
     opts: &OpenOptions,
 ) -> Result<OpenedImage> {
+    let LayerOutcomes {
+        name,
+        manifest_digest,
+        config,
+        layers,
+    } = open_image_layers(source, cache, opts).await?;
+    Ok(OpenedImage {
+        name,
+        manifest_digest,
+        config,
+        layers: layers
+            .into_iter()
+            .map(|(_, layer)| layer)
+            .collect::<Result<Vec<_>>>()?,
+    })
+}
+
+/// Opens every layer of the image `source` names, as [`open_image`] does, but reports each
+/// layer's failure on its own; only what the whole image needs (manifest, config, descriptors)
+/// fails the call.
+pub async fn open_image_layers(
+    source: &Arc<dyn ImageSource>,
+    cache: &Arc<ChunkCache>,
+    opts: &OpenOptions,
+) -> Result<LayerOutcomes> {
     let t0 = std::time::Instant::now();
     let platform = opts.platform.clone().unwrap_or_else(Platform::host);
     // While the manifest is on its way, open the connections the parallel TOC reads will use.
@@ -209,7 +249,9 @@ pub async fn open_image(
             Some(end) => Arc::new(EarlySource::start(registry.clone(), start.digest, 0..end)),
             None => registry.clone(),
         };
+        let digest = start.digest;
         finish_layer(image_source, registry.clone(), source, start, cache, opts)
+            .map(move |layer| (digest, layer))
     });
     let config_fut = async {
         let bytes = config_task
@@ -228,12 +270,10 @@ pub async fn open_image(
         ms = t0.elapsed().as_millis() as u64,
         "config and layer TOCs"
     );
-    let config = config?;
-    let layers = layers.into_iter().collect::<Result<Vec<_>>>()?;
-    Ok(OpenedImage {
+    Ok(LayerOutcomes {
         name: resolved.name.clone(),
         manifest_digest,
-        config,
+        config: config?,
         layers,
     })
 }

@@ -13,7 +13,9 @@
 //! of the whole image and the others wait for it, so the image costs one manifest fetch and one
 //! tail read per layer, over one client (one connection pool, one token per registry scope). A
 //! layer that is not eStargz, an unreachable registry or a TOC that fails verification is an
-//! error: the snapshotter then logs it, counts it, and lets containerd download the layer.
+//! error: the snapshotter then logs it, counts it, and lets containerd download the layer. Each
+//! layer fails alone: of an image mixing eStargz and plain layers, the eStargz ones are still
+//! mounted lazily.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,7 +26,9 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 use regfs_blob::ChunkCache;
 use regfs_estargz::Digest;
-use regfs_image::{ImageLocation, LazyImage, LazyOptions, OpenedImage, OpenedLayer, control};
+use regfs_image::{
+    ImageLocation, LayerOutcomes, LazyImage, LazyOptions, OpenedImage, OpenedLayer, control,
+};
 use regfs_registry::Client;
 
 use crate::remote::{RemoteError, RemoteLayer, RemoteLayers, RemoteMount};
@@ -90,7 +94,9 @@ struct OpenedLayers {
     manifest_digest: Digest,
     config: oci_spec::image::ImageConfiguration,
     started: Instant,
-    layers: Mutex<HashMap<Digest, OpenedLayer>>,
+    /// Each layer not taken yet: opened, or why not (a layer of a mixed image that is not
+    /// eStargz fails alone; the image's other layers are still served lazily).
+    layers: Mutex<HashMap<Digest, Result<OpenedLayer, Arc<Failure>>>>,
 }
 
 /// Mounts eStargz layers lazily, sharing one client and one chunk cache.
@@ -212,26 +218,31 @@ impl LazyLayers {
         let (cache, options) = (self.cache.clone(), self.options.open.clone());
         let opening = async move {
             let started = Instant::now();
-            let image = regfs_image::open_image(&source, &cache, &options)
-                .await
-                .map_err(|e| {
-                    Arc::new(Failure {
-                        kind: FailureKind::of(&e),
-                        message: regfs_image::error_chain(&e),
-                    })
-                })?;
-            let OpenedImage {
+            let failure = |e: regfs_image::Error| {
+                Arc::new(Failure {
+                    kind: FailureKind::of(&e),
+                    message: regfs_image::error_chain(&e),
+                })
+            };
+            let LayerOutcomes {
                 name,
                 manifest_digest,
                 config,
                 layers,
-            } = image;
+            } = regfs_image::open_image_layers(&source, &cache, &options)
+                .await
+                .map_err(failure)?;
             Ok(Arc::new(OpenedLayers {
                 name,
                 manifest_digest,
                 config,
                 started,
-                layers: Mutex::new(layers.into_iter().map(|l| (l.digest, l)).collect()),
+                layers: Mutex::new(
+                    layers
+                        .into_iter()
+                        .map(|(digest, layer)| (digest, layer.map_err(failure)))
+                        .collect(),
+                ),
             }))
         }
         .boxed()
@@ -270,6 +281,7 @@ impl LazyLayers {
         if lock(&opened.layers).is_empty() {
             lock(&self.images).remove(&layer.image_ref);
         }
+        let taken = taken.map_err(|e| self.failed(&e))?;
         let image = OpenedImage {
             name: opened.name.clone(),
             manifest_digest: opened.manifest_digest,

@@ -1,7 +1,8 @@
 //! `regfs snapshotter` under a real containerd 1.6 + runc against a real `docker-registry`:
 //! `ctr-remote image rpull --snapshotter regfs` of a regfs-converted and of a
 //! `ctr-remote`-converted image mounts their layers lazily (far less fetched than the image),
-//! `ctr run --snapshotter regfs` runs them; a plain gzip image falls back to a download, visibly;
+//! `ctr run --snapshotter regfs` runs them; a plain gzip image falls back to a download, visibly,
+//! and of a mixed image only the plain layer does;
 //! the snapshotter restarted between two runs; removal leaves no mount behind.
 
 // Test code: a panic is how a test fails. clippy's `allow-unwrap-in-tests` covers `#[test]`
@@ -16,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use regfs_snapshotter::cri::api as cri;
 use support::image::{
-    LayoutLayer, busybox_tar, convert_image, files_tar, require_fuse, skopeo_push, write_layout,
+    LayoutLayer, OCI_GZIP, TOC_DIGEST, busybox_tar, convert_image, files_tar, require_fuse,
+    skopeo_push, write_layout,
 };
 use support::layers::noise;
 use support::registry::{Registry, free_port};
@@ -325,6 +327,55 @@ fn containerd_runs_images_lazily_through_regfs_snapshotter() {
     );
     assert!(snap.log().contains("not eStargz"), "{}", snap.log());
 
+    // 3b. A mixed image: an eStargz base layer under a plain gzip one. The eStargz layer is
+    // mounted lazily, only the gzip one is downloaded.
+    let base = busybox_tar(&[("etc/mixed-base", b"a base of its own\n")]);
+    let base_tar = work.path().join("mixed-base.tar");
+    std::fs::write(&base_tar, &base).unwrap();
+    let base_esgz = work.path().join("mixed-base.esgz");
+    let conv = support::convert(&base_tar, &base_esgz, &[]);
+    let mixed_layout = work.path().join("mixed");
+    write_layout(
+        &mixed_layout,
+        "v1",
+        &[
+            LayoutLayer {
+                media_type: OCI_GZIP.into(),
+                blob: std::fs::read(&base_esgz).unwrap(),
+                diff_id: conv.diff_id.clone(),
+                annotations: [(TOC_DIGEST.to_owned(), conv.toc_digest.clone())].into(),
+            },
+            LayoutLayer::gzip(&files_tar(&[(
+                "app/hello.txt",
+                b"hello from a downloaded layer\n",
+            )])),
+        ],
+        &["/bin/sh"],
+    );
+    let mixed = format!("{}/snap:mixed", reg.addr);
+    skopeo_push(&mixed_layout, "v1", &mixed);
+    rpull(&ctrd, &mixed);
+    assert_eq!(
+        run_cat(&ctrd, &mixed, "mixed-1"),
+        "hello from a downloaded layer\n"
+    );
+    let scrape = snap.scrape();
+    assert_eq!(
+        metric(&scrape, "regfs_snapshotter_remote_mounted_total"),
+        5,
+        "the eStargz layer of the mixed image is lazy: {scrape}\n{}",
+        snap.log()
+    );
+    assert_eq!(
+        metric_with(
+            &scrape,
+            "regfs_snapshotter_lazy_failures_total",
+            "not_estargz"
+        ),
+        3,
+        "plain's 2 layers, then mixed's gzip layer: {scrape}"
+    );
+
     // 4. Restarted between two runs: its lazy mounts come back, the image runs again.
     snap.stop();
     assert!(regfs_mounts_under(&snap.root).is_empty());
@@ -339,11 +390,11 @@ fn containerd_runs_images_lazily_through_regfs_snapshotter() {
         assert!(Instant::now() < deadline, "containerd never reconnected");
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(regfs_mounts_under(&snap.root).len(), 4);
+    assert_eq!(regfs_mounts_under(&snap.root).len(), 5);
     assert_eq!(run_cat(&ctrd, &ours, "ours-2"), "hello from a lazy layer\n");
 
     // 5. Removing the images releases every mount.
-    for r in [&ours, &theirs, &plain] {
+    for r in [&ours, &theirs, &plain, &mixed] {
         run_ok(ctrd.ctr().args(["images", "rm", "--sync", r]));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
