@@ -78,15 +78,27 @@ impl Default for MountOptions {
 /// the mount is detached (lazily if a process still has a file open; the FUSE threads end when
 /// the last such file is closed).
 pub struct MountGuard {
-    session: Option<fuser::BackgroundSession>,
-    dir: PathBuf,
-    shutdown: tokio::sync::watch::Sender<bool>,
+    pub(crate) session: Option<fuser::BackgroundSession>,
+    pub(crate) dir: PathBuf,
+    pub(crate) shutdown: tokio::sync::watch::Sender<bool>,
+    /// The FUSE device of a handed-over connection (see `handover`), for resends.
+    pub(crate) device: Option<std::os::fd::OwnedFd>,
 }
 
 impl MountGuard {
     /// Where the image is mounted.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Asks the kernel to send again the requests an earlier server of this connection read and
+    /// never answered (after a handover; a no-op for an ordinary mount).
+    pub fn resend_pending(&self) -> Result<(), Error> {
+        match &self.device {
+            Some(d) => crate::handover::resend_pending(std::os::fd::AsFd::as_fd(d))
+                .map_err(|e| Error::mount("resending pending requests of", &self.dir, e.into())),
+            None => Ok(()),
+        }
     }
 
     /// Unmounts and waits for the FUSE threads, reporting failures (drop ignores them).
@@ -179,6 +191,26 @@ fn unescape_mountinfo(s: &str) -> String {
 
 /// Mounts `fs` read-only on `dir`.
 pub fn mount(fs: Arc<ImageFs>, dir: &Path, opts: MountOptions) -> Result<MountGuard, Error> {
+    let (adapter, mut cfg, shutdown) = session_parts(fs, dir, &opts)?;
+    // Each FUSE thread reads its own cloned fd: no contention on one request queue.
+    cfg.clone_fd = true;
+    let session =
+        fuser::spawn_mount(adapter, dir, &cfg).map_err(|e| Error::mount("mounting", dir, e))?;
+    Ok(MountGuard {
+        session: Some(session),
+        dir: dir.to_path_buf(),
+        shutdown,
+        device: None,
+    })
+}
+
+/// The adapter, fuser's configuration and the shutdown switch of a mount of `fs` on `dir`:
+/// what [`mount`] and a handed-over connection (`handover`) have in common.
+pub(crate) fn session_parts(
+    fs: Arc<ImageFs>,
+    dir: &Path,
+    opts: &MountOptions,
+) -> Result<(FuseFs, fuser::Config, tokio::sync::watch::Sender<bool>), Error> {
     let runtime = match opts.runtime.clone() {
         Some(rt) => rt,
         None => tokio::runtime::Handle::try_current()
@@ -198,7 +230,6 @@ pub fn mount(fs: Arc<ImageFs>, dir: &Path, opts: MountOptions) -> Result<MountGu
         cfg.acl = SessionACL::All;
     }
     cfg.n_threads = Some(opts.threads.max(1));
-    cfg.clone_fd = true;
     let (shutdown, stopping) = tokio::sync::watch::channel(false);
     let adapter = FuseFs {
         fs,
@@ -208,16 +239,10 @@ pub fn mount(fs: Arc<ImageFs>, dir: &Path, opts: MountOptions) -> Result<MountGu
         opens: Mutex::new(HashMap::new()),
         stopping,
     };
-    let session =
-        fuser::spawn_mount(adapter, dir, &cfg).map_err(|e| Error::mount("mounting", dir, e))?;
-    Ok(MountGuard {
-        session: Some(session),
-        dir: dir.to_path_buf(),
-        shutdown,
-    })
+    Ok((adapter, cfg, shutdown))
 }
 
-struct FuseFs {
+pub(crate) struct FuseFs {
     fs: Arc<ImageFs>,
     runtime: tokio::runtime::Handle,
     ttl: Duration,

@@ -8,6 +8,8 @@
 //!   directory (whiteouts as 0/0 devices, opaque directories by xattr).
 //! - [`Ino`], [`Attr`], [`FileKind`], [`DirEntry`]: what the API answers.
 //! - [`mount`] / [`MountGuard`]: the thin `fuser` adapter; dropping the guard unmounts.
+//! - [`handover`]: FUSE connections that outlive their server (a keeper process holds the
+//!   device; a restarted server takes over and gets the unanswered requests again).
 //! - [`FsStats`]: per-layer fetch and cache counters for `regfs stats`.
 //! - [`Error`]: one enum; [`Error::errno`] is the single mapping to errno.
 //!
@@ -38,6 +40,7 @@ mod access;
 mod build;
 mod error;
 mod fuse;
+pub mod handover;
 mod image;
 mod inode;
 mod read;

@@ -25,8 +25,23 @@ pub fn socket_path(dir: &Path) -> Result<PathBuf> {
     let canon = dir
         .canonicalize()
         .with_context(|| format!("resolving {}", dir.display()))?;
+    Ok(canonical_socket_path(&canon))
+}
+
+/// [`socket_path`] of a mount point already canonical, without touching it: a server taking
+/// over a mount must not stat its own mount point before it serves it.
+pub fn canonical_socket_path(canon: &Path) -> PathBuf {
     let d = Digest::sha256(canon.as_os_str().as_encoded_bytes());
-    Ok(Path::new(RUN_DIR).join(format!("{}.sock", &d.hex()[..32])))
+    Path::new(RUN_DIR).join(format!("{}.sock", &d.hex()[..32]))
+}
+
+/// Servers of this process's mount before this one (see [`set_restarts`]).
+static RESTARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Records that `n` servers ran this process's mount before it (a keeper restarted it), for
+/// [`MountReport::restarts`].
+pub fn set_restarts(n: u64) {
+    RESTARTS.store(n, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Everything `regfs stats` shows.
@@ -39,8 +54,13 @@ pub struct MountReport {
     pub manifest_digest: Digest,
     /// Where it is mounted.
     pub mountpoint: PathBuf,
+    /// The process serving the mount (`pid`, kept for older readers, is the same).
+    pub server_pid: u32,
     /// The process serving the mount.
     pub pid: u32,
+    /// How many servers of this mount died or were replaced before this one (a keeper restarts
+    /// them without unmounting).
+    pub restarts: u64,
     /// Milliseconds from the start of the open to a usable filesystem.
     pub open_ms: u128,
     /// Inodes in the merged tree.
@@ -96,7 +116,9 @@ pub fn report(image: &LazyImage, mountpoint: &Path) -> MountReport {
         reference: image.name.clone(),
         manifest_digest: image.manifest_digest,
         mountpoint: mountpoint.to_owned(),
+        server_pid: std::process::id(),
         pid: std::process::id(),
+        restarts: RESTARTS.load(std::sync::atomic::Ordering::Relaxed),
         open_ms: image.open_time.as_millis(),
         inodes: image.fs.inode_count(),
         metadata_bytes: image.fs.memory_bytes(),

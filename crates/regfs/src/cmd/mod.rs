@@ -50,6 +50,8 @@ pub enum Command {
     Run(run::Args),
     /// Unmount a regfs mount.
     Umount(umount::Args),
+    /// Hand a running `mount --daemon` over to a server of the regfs binary installed now.
+    Takeover(mount::TakeoverArgs),
     /// Show what a live mount has fetched, per layer.
     Stats(stats::Args),
     /// Serve containerd as the remote snapshotter `regfs` (lazy eStargz layers, overlayfs).
@@ -69,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Optimize(args) => optimize::run(args),
         Command::Run(args) => run::run(args),
         Command::Umount(args) => umount::run(args),
+        Command::Takeover(args) => mount::takeover(args),
         Command::Stats(args) => stats::run(args),
         Command::Snapshotter(args) => snapshotter::run(args),
     }

@@ -4,6 +4,12 @@
 //! re-executes the same command in the background (a fresh process: a tokio runtime and FUSE
 //! threads don't survive `fork`) and returns once the child reports the mount ready: it writes
 //! `ready` on its stdout, a pipe to the parent, then points its stdout at /dev/null.
+//!
+//! Run as root, the background child is a keeper (`regfs_fs::handover::keep`): it holds the
+//! mount's `/dev/fuse` connection and starts the server (`--serve-device`: the device is its
+//! stdin), again with `--takeover` whenever one dies while the directory is mounted, so that
+//! readers see a pause, not `ENOTCONN`. `regfs takeover DIR` hands a running mount over
+//! to a server started from the binary now installed (an upgrade).
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -42,10 +48,32 @@ pub struct Args {
     /// Internal: started by --daemon; report readiness on stdout and leave the session.
     #[arg(long, hide = true)]
     daemon_child: bool,
+    /// Internal: serve the FUSE device on stdin, started by a keeper.
+    #[arg(long, hide = true)]
+    serve_device: bool,
+    /// Internal: with --serve-device, take over a mounted connection (replay its INIT).
+    #[arg(long, hide = true)]
+    takeover: bool,
+    /// Internal: with --serve-device, how many servers ran before this one.
+    #[arg(long, hide = true, default_value_t = 0)]
+    restarts: u64,
+    /// Internal: with --serve-device, the mount point as the keeper resolved it (a server
+    /// taking over must not stat its own mount point before it serves it).
+    #[arg(long, hide = true, value_name = "DIR")]
+    canonical_dir: Option<PathBuf>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if !args.dir.is_dir() {
+/// `regfs takeover DIR`: hand a running `--daemon` mount over to a new server.
+#[derive(clap::Args, Debug)]
+pub struct TakeoverArgs {
+    /// The mount point of a running `regfs mount --daemon`.
+    dir: PathBuf,
+}
+
+pub fn run(mut args: Args) -> anyhow::Result<ExitCode> {
+    if let (true, Some(dir)) = (args.serve_device, args.canonical_dir.take()) {
+        args.dir = dir;
+    } else if !args.dir.is_dir() {
         bail!("mount point {} is not a directory", args.dir.display());
     }
     if args.daemon {
@@ -54,6 +82,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.daemon_child {
         // Out of the caller's session, so that closing its terminal does not hang us up.
         nix::unistd::setsid().context("starting a new session")?;
+        if nix::unistd::geteuid().is_root() {
+            return keeper(&args.dir);
+        }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -66,17 +97,26 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
     let mut lazy = args.lazy.wire(&args.reference)?;
     lazy.options.layer = args.layer;
     let image = Arc::new(LazyImage::open(&lazy.source, &lazy.cache, &lazy.options).await?);
-    let guard = regfs_fs::mount(
-        image.fs.clone(),
-        &args.dir,
-        regfs_fs::MountOptions {
-            allow_other: args.allow_other,
-            passthrough: true,
-            fsname: format!("regfs:{}", image.name),
-            ..Default::default()
-        },
-    )?;
-    let socket = control::socket_path(&args.dir)?;
+    let options = regfs_fs::MountOptions {
+        allow_other: args.allow_other,
+        passthrough: true,
+        fsname: format!("regfs:{}", image.name),
+        ..Default::default()
+    };
+    let socket = if args.serve_device {
+        control::canonical_socket_path(&args.dir)
+    } else {
+        control::socket_path(&args.dir)?
+    };
+    let init_record = socket.with_extension("init");
+    let guard = if args.serve_device {
+        control::set_restarts(args.restarts);
+        serve_device(&image, &args, &options, &init_record)?
+    } else {
+        regfs_fs::mount(image.fs.clone(), &args.dir, options)?
+    };
+    // A stale socket of a dead server is replaced.
+    let _ = std::fs::remove_file(&socket);
     let mut tasks = vec![tokio::spawn(control::serve_socket(
         socket.clone(),
         image.clone(),
@@ -90,18 +130,23 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         )?));
     }
     tracing::info!(reference = %image.name, dir = %args.dir.display(), open_ms = image.open_time.as_millis() as u64, "mounted");
-    if args.daemon_child {
+    if args.daemon_child || args.serve_device {
         report_ready().context("reporting readiness")?;
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    // From the keeper after a handover: the old server's unanswered requests are ours now.
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let external = loop {
         tokio::select! {
             _ = term.recv() => break false,
             _ = int.recv() => break false,
             _ = hup.recv() => break false,
+            _ = usr2.recv() => if let Err(e) = guard.resend_pending() {
+                tracing::warn!(error = %e, "resending pending requests failed");
+            },
             _ = tick.tick() => if !is_mounted(&args.dir) { break true },
         }
     };
@@ -109,11 +154,119 @@ async fn serve(args: Args) -> anyhow::Result<ExitCode> {
         t.abort();
     }
     let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(&init_record);
     if external {
         drop(guard);
     } else {
         tokio::task::spawn_blocking(move || guard.unmount()).await??;
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The server of a kept connection: the device is stdin; the first server mounts it and
+/// records the kernel's INIT, a takeover replays the record.
+fn serve_device(
+    image: &Arc<LazyImage>,
+    args: &Args,
+    options: &regfs_fs::MountOptions,
+    init_record: &Path,
+) -> anyhow::Result<regfs_fs::MountGuard> {
+    use regfs_fs::handover::{InitRequest, Start, mount_device};
+    use std::os::fd::AsFd;
+    let device = std::io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("taking the FUSE device from stdin")?;
+    let devnull = std::fs::File::open("/dev/null")?;
+    nix::unistd::dup2_stdin(&devnull)?;
+    let (init, start) = if args.takeover {
+        let bytes = std::fs::read(init_record)
+            .with_context(|| format!("reading the INIT record {}", init_record.display()))?;
+        (InitRequest::from_bytes(bytes)?, Start::Takeover)
+    } else {
+        let init = mount_device(device.as_fd(), &args.dir, options)?;
+        std::fs::create_dir_all(control::RUN_DIR)?;
+        std::fs::write(init_record, init.as_bytes())
+            .with_context(|| format!("writing {}", init_record.display()))?;
+        (init, Start::Fresh)
+    };
+    Ok(regfs_fs::handover::serve_device(
+        image.fs.clone(),
+        device,
+        &args.dir,
+        options,
+        &init,
+        start,
+    )?)
+}
+
+/// The keeper of a `--daemon` mount run as root: holds the FUSE device, runs the servers.
+fn keeper(dir: &Path) -> anyhow::Result<ExitCode> {
+    use regfs_fs::handover::{ServerStart, Start, keep, open_device};
+    let exe = std::env::current_exe().context("locating the regfs binary")?;
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--daemon-child")
+        .collect();
+    let canon = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    let dir = canon.as_path();
+    let device = open_device()?;
+    std::fs::create_dir_all(control::RUN_DIR)?;
+    let pid_file = control::canonical_socket_path(dir).with_extension("keeper");
+    std::fs::write(&pid_file, std::process::id().to_string())?;
+    let kept = keep(
+        device,
+        dir,
+        |start: ServerStart| {
+            // The path, not /proc/self/exe: after an upgrade it names the new binary.
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(&args)
+                .arg("--serve-device")
+                .arg("--restarts")
+                .arg(start.restarts.to_string())
+                .arg("--canonical-dir")
+                .arg(dir);
+            if start.start == Start::Takeover {
+                cmd.arg("--takeover");
+            }
+            cmd
+        },
+        |_| {
+            if let Err(e) = report_ready() {
+                tracing::warn!(error = %e, "reporting readiness");
+            }
+        },
+    );
+    let _ = std::fs::remove_file(&pid_file);
+    kept?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn keeper_pid_path(dir: &Path) -> anyhow::Result<PathBuf> {
+    Ok(control::socket_path(dir)?.with_extension("keeper"))
+}
+
+/// `regfs takeover DIR`: tells the mount's keeper to start a server from the binary
+/// installed now and hand the connection over to it.
+pub fn takeover(args: TakeoverArgs) -> anyhow::Result<ExitCode> {
+    let path = keeper_pid_path(&args.dir)?;
+    let pid: i32 = std::fs::read_to_string(&path)
+        .with_context(|| {
+            format!(
+                "{} has no keeper (not a `regfs mount --daemon` run as root?)",
+                args.dir.display()
+            )
+        })?
+        .trim()
+        .parse()
+        .with_context(|| format!("reading {}", path.display()))?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .with_context(|| format!("signalling the keeper {pid}"))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -310,7 +310,8 @@ pub fn is_mounted(dir: &Path) -> bool {
 /// A `regfs mount --daemon` of an image, unmounted on drop.
 pub struct Mount {
     pub dir: PathBuf,
-    /// The serving process (printed by `--daemon`).
+    /// The process printed by `--daemon`: the keeper of the mount when run as root, else the
+    /// serving process.
     pub pid: i32,
 }
 
