@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use regfs_registry::{Client, Credentials, Digest, Error, Reference};
-use support::{FakeServer, HttpRequest, Reply, pattern, test_config};
+use support::{FakeServer, HttpRequest, Reply, forward, pattern, test_config};
 
 fn blob() -> (Vec<u8>, Digest) {
     let data = pattern(50_000, 42);
@@ -682,4 +682,87 @@ async fn slow_loris_body_is_cut_off_by_the_per_request_deadline() {
     assert_eq!(&got[..], &data[5000..7000]);
     assert_eq!(server.requests().len(), 2);
     assert_eq!(client.stats().retries, 1);
+}
+
+/// The faults above, injected by a proxy in front of a real `docker-registry` that serves the
+/// bytes: the first multi-range request gets 501, then a 503 storm, a 429, a reset mid-body and
+/// a slow-loris body hit the requests that follow. Every read returns the registry's bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn faults_in_front_of_a_real_registry_never_fail_a_read() {
+    let reg = support::Registry::start(support::Auth::Anonymous).await;
+    let data = pattern(300_000, 99);
+    let digest = Digest::sha256(&data);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = "faults/real";
+    Client::new(test_config(dir.path()))
+        .unwrap()
+        .push_blob(
+            &reg.reference(&format!("{repo}:1")),
+            &digest,
+            data.clone().into(),
+        )
+        .await
+        .unwrap();
+    let upstream = reg.host.clone();
+    let n = Arc::new(AtomicUsize::new(0));
+    let proxy = FakeServer::start(move |req| {
+        let i = n.fetch_add(1, Ordering::SeqCst);
+        let multi = req.header("range").is_some_and(|r| r.contains(','));
+        let real = || forward(&upstream, req);
+        match i {
+            _ if multi => Reply::status(501),
+            1..=3 => Reply::status(503),
+            4 => Reply::status(429),
+            5 => match real() {
+                Reply::Full {
+                    status,
+                    headers,
+                    body,
+                } => Reply::Reset {
+                    status,
+                    headers,
+                    declared_len: body.len(),
+                    body: body[..body.len() / 2].to_vec(),
+                },
+                other => other,
+            },
+            6 => match real() {
+                Reply::Full {
+                    status,
+                    headers,
+                    body,
+                } => Reply::Trickle {
+                    status,
+                    headers,
+                    body,
+                    every: std::time::Duration::from_millis(100),
+                },
+                other => other,
+            },
+            _ => real(),
+        }
+    })
+    .await;
+    let mut cfg = test_config(dir.path());
+    cfg.request_timeout = std::time::Duration::from_secs(1);
+    // Six faulted requests in all: even if one read met every one of them, it still succeeds.
+    cfg.retry.max_retries = 8;
+    let client = Client::new(cfg).unwrap();
+    let r: Reference = format!("{}/{repo}:1", proxy.host()).parse().unwrap();
+    let ranges = [0..1000u64, 100_000..101_000, 200_000..201_000];
+    let read = async {
+        let parts = client.read_ranges(&r, &digest, &ranges).await.unwrap();
+        for (rg, p) in ranges.iter().zip(&parts) {
+            assert_eq!(&p[..], &data[rg.start as usize..rg.end as usize]);
+        }
+        for rg in [5_000..9_000u64, 250_000..299_000] {
+            let got = client.read_range(&r, &digest, rg.clone()).await.unwrap();
+            assert_eq!(&got[..], &data[rg.start as usize..rg.end as usize]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(120), read)
+        .await
+        .expect("reads through the faulty proxy never finished");
+    // Every fault was met: 1 multi-range + 6 faulted + 5 served single ranges.
+    assert!(proxy.requests().len() >= 12, "{}", proxy.requests().len());
 }

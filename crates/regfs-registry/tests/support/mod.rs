@@ -634,3 +634,46 @@ pub async fn push_image(
         .unwrap();
     (body, d, layer_digest)
 }
+
+/// Sends `req` to the real registry at `upstream` (HTTP/1.0, anonymous) and turns its answer
+/// into a [`Reply`]: what a fault-injecting proxy in front of a registry passes through.
+/// Blocking (handlers run on the blocking pool).
+pub fn forward(upstream: &str, req: &HttpRequest) -> Reply {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(upstream).unwrap();
+    let mut head = format!(
+        "{} {} HTTP/1.0\r\nHost: {upstream}\r\n",
+        req.method, req.path
+    );
+    for name in ["range", "accept"] {
+        if let Some(v) = req.header(name) {
+            head.push_str(&format!("{name}: {v}\r\n"));
+        }
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let text = String::from_utf8_lossy(&resp[..split]).into_owned();
+    let mut lines = text.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| {
+            ["content-range", "content-type", "docker-content-digest"]
+                .iter()
+                .any(|h| k.eq_ignore_ascii_case(h))
+        })
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Reply::Full {
+        status,
+        headers,
+        body: resp[split + 4..].to_vec(),
+    }
+}
