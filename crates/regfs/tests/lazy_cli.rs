@@ -973,3 +973,75 @@ fn full_cache_disk_never_fails_a_read() {
     drop(file);
     m.umount();
 }
+
+/// A token-auth registry whose tokens live 3 s, and a mount reading a new part of a 3 MiB file
+/// every 250 ms for 13 s (over four token lifetimes), each part from the network: every read
+/// returns the original bytes, and the mount went through several tokens to do it.
+#[test]
+fn mount_reads_through_several_token_lifetimes_without_a_failed_read() {
+    use base64::Engine as _;
+    require_fuse();
+    let work = scratch();
+    let tokens = regfs_testkit::TokenServer::start("reader", "pw", 3);
+    let reg = regfs_testkit::Registry::start_with(regfs_testkit::RegistryConfig {
+        auth: tokens.registry_auth(),
+        ..Default::default()
+    });
+    let docker = work.path().join("docker");
+    fs::create_dir_all(&docker).expect("docker config dir");
+    let auth = base64::engine::general_purpose::STANDARD.encode("reader:pw");
+    fs::write(
+        docker.join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.addr),
+    )
+    .expect("docker config");
+
+    let data = noise(3 << 20, 71);
+    let layout = work.path().join("layout");
+    write_layout(
+        &layout,
+        "v1",
+        &[LayoutLayer::gzip(&files_tar(&[("big.bin", &data)]))],
+        &["/bin/sh"],
+    );
+    let reference = format!("{}/tokens:v1", reg.addr);
+    run_ok(
+        regfs()
+            .env("DOCKER_CONFIG", &docker)
+            .arg("convert-image")
+            .arg(format!("oci:{}:v1", layout.display()))
+            .arg(&reference)
+            .args(["--chunk-size", CHUNK]),
+    );
+
+    let mnt = work.path().join("mnt");
+    fs::create_dir_all(&mnt).expect("mount dir");
+    let out = run_ok(
+        regfs()
+            .env("DOCKER_CONFIG", &docker)
+            .args(["mount", "--daemon", "--no-prefetch", "--cache-dir"])
+            .arg(work.path().join("cache"))
+            .arg(&reference)
+            .arg(&mnt),
+    );
+    let pid = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("mount --daemon prints its pid");
+    let m = Mount { dir: mnt, pid };
+    let before = tokens.issued.load(Ordering::SeqCst);
+    let file = fs::File::open(m.dir.join("big.bin")).expect("open big.bin");
+    let part = 3 << 20 >> 6; // 48 KiB: 64 parts, 52 read over 13 s
+    for i in 0..52usize {
+        let off = i * part;
+        let mut buf = vec![0u8; part];
+        file.read_exact_at(&mut buf, off as u64)
+            .unwrap_or_else(|e| panic!("read {i} at {off} failed: {e}"));
+        assert!(buf == data[off..off + part], "bytes at {off} differ");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let renewed = tokens.issued.load(Ordering::SeqCst) - before;
+    assert!(renewed >= 3, "only {renewed} tokens issued while reading");
+    drop(file);
+    m.umount();
+}
