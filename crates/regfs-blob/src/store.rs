@@ -28,14 +28,22 @@
 //! Size cap: after every insert, least recently used chunks are deleted until the total is under
 //! the cap. The LRU order is kept in memory and persisted as file mtimes (updated on every hit),
 //! so it survives restarts. Eviction may race with readers: a reader that already opened the file
-//! keeps reading it (unlinked files stay readable); a reader that did not yet open it sees a miss
-//! and fetches again.
+//! keeps reading it (unlinked files stay readable), one holding the bytes in memory keeps them; a
+//! reader that did not yet open it sees a miss and fetches again. A chunk file is never written
+//! in place, only renamed over, so eviction or a concurrent store never shows anyone a torn chunk.
+//!
+//! Several processes may share a store (each mount, `regfs cache gc`): each re-reads the
+//! directory after writing an eighth of its cap, so the cap holds within that margin per writing
+//! process, and `open` sweeps only the temp files of processes that no longer run.
+//!
+//! Disk full: a chunk that cannot be written stays in the in-memory tier (verified bytes), a
+//! warning is logged once, and reads go on from memory and the network.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs::{self, File, FileTimes};
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -116,11 +124,21 @@ struct StoreInner {
     max_bytes: Option<u64>,
     index: Mutex<Index>,
     tmp_seq: AtomicU64,
+    /// Bytes this process stored since it last looked at the directory; see [`RESCAN_SHARE`].
+    written_since_scan: AtomicU64,
+    /// Set while storing fails (disk full): the warning is logged once per failing spell.
+    store_failing: AtomicBool,
     /// Recently used chunks in memory. A FUSE read asks for at most 1 MiB while a chunk is up to
     /// 4 MiB: without this, reading one chunk sequentially would read (and after a restart,
     /// hash) the whole chunk file once per request.
     hot: quick_cache::sync::Cache<Digest, Bytes, ChunkWeighter>,
 }
+
+/// Several processes may share one store (every `regfs mount` of a host, `regfs cache gc`), and
+/// each one's index only sees its own inserts. Each process therefore re-reads the directory
+/// after storing this share of the cap (1/8: the cap then holds within 1/8 of itself per other
+/// writing process), learning the others' chunks before it evicts.
+const RESCAN_SHARE: u64 = 8;
 
 /// Memory kept for hot chunks: the working set of a container start-up (python reads ~11 MB)
 /// many times over, a small share of the machine's memory.
@@ -171,37 +189,16 @@ impl ChunkStore {
         }
         for entry in fs::read_dir(&tmp).map_err(|e| Error::io("list", &tmp, e))? {
             let entry = entry.map_err(|e| Error::io("list", &tmp, e))?;
-            // A leftover from a crash; losing it only costs a refetch.
-            let _ = fs::remove_file(entry.path());
+            // A leftover from a crash; losing it only costs a refetch. Another process sharing
+            // the store (a second mount, `regfs cache gc`) may be writing it right now: only the
+            // temp files of processes that are gone are swept.
+            if !writer_alive(&entry.file_name()) {
+                let _ = fs::remove_file(entry.path());
+            }
         }
         let mut index = Index::default();
-        for shard in fs::read_dir(&chunks).map_err(|e| Error::io("list", &chunks, e))? {
-            let shard = shard.map_err(|e| Error::io("list", &chunks, e))?.path();
-            if !shard.is_dir() {
-                continue;
-            }
-            for entry in fs::read_dir(&shard).map_err(|e| Error::io("list", &shard, e))? {
-                let entry = entry.map_err(|e| Error::io("list", &shard, e))?;
-                let Some(digest) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|name| format!("sha256:{name}").parse::<Digest>().ok())
-                else {
-                    continue;
-                };
-                if entry.path() != shard_path(&root, &digest) {
-                    continue;
-                }
-                let meta = entry
-                    .metadata()
-                    .map_err(|e| Error::io("stat", entry.path(), e))?;
-                let used = meta
-                    .modified()
-                    .ok()
-                    .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                    .map_or(0, |d| d.as_nanos());
-                index.insert(digest, meta.len(), used);
-            }
+        for (digest, (size, used)) in scan(&root)? {
+            index.insert(digest, size, used);
         }
         let store = ChunkStore {
             inner: Arc::new(StoreInner {
@@ -209,6 +206,8 @@ impl ChunkStore {
                 max_bytes,
                 index: Mutex::new(index),
                 tmp_seq: AtomicU64::new(0),
+                written_since_scan: AtomicU64::new(0),
+                store_failing: AtomicBool::new(false),
                 // ~1 MiB average chunk for the item estimate; the weight cap is what binds.
                 hot: quick_cache::sync::Cache::with_weighter(
                     (HOT_CHUNK_BYTES >> 20) as usize,
@@ -238,9 +237,10 @@ impl ChunkStore {
         self.index().usage()
     }
 
-    /// Whether the chunk is stored (it may still be evicted before it is read).
+    /// Whether the chunk is stored on disk or held in memory (it may still be evicted before it
+    /// is read).
     pub fn contains(&self, digest: &Digest) -> bool {
-        self.index().entries.contains_key(digest)
+        self.index().entries.contains_key(digest) || self.inner.hot.contains_key(digest)
     }
 
     /// The file holding the chunk's uncompressed bytes, for FUSE passthrough; marks it used.
@@ -265,8 +265,8 @@ impl ChunkStore {
     /// Blocking: call from a blocking context.
     pub fn get(&self, digest: &Digest) -> Result<Option<Bytes>, Error> {
         if let Some(data) = self.inner.hot.get(digest) {
-            // Still indexed? Eviction from disk also drops it from memory, but a racing
-            // eviction may sit between the two; the index is the authority.
+            // Verified bytes, whether or not the file still exists: a chunk that could not be
+            // written (disk full) lives only here, and one evicted a moment ago is still right.
             let now = now_ns();
             let indexed = {
                 let mut index = self.index();
@@ -280,8 +280,8 @@ impl ChunkStore {
                 // The mtime is the LRU order that survives a restart (cheap next to a read).
                 let path = shard_path(&self.inner.root, digest);
                 let _ = File::open(&path).and_then(|f| f.set_times(file_times(now)));
-                return Ok(Some(data));
             }
+            return Ok(Some(data));
         }
         let trusted = {
             let index = self.index();
@@ -330,7 +330,7 @@ impl ChunkStore {
     /// Stores a chunk whose bytes the caller has verified against `digest`, then evicts down to
     /// the cap. Blocking.
     pub(crate) fn put_verified(&self, digest: &Digest, data: &Bytes) -> Result<(), Error> {
-        if self.contains(digest) {
+        if self.index().entries.contains_key(digest) {
             return Ok(());
         }
         let seq = self.inner.tmp_seq.fetch_add(1, Ordering::Relaxed);
@@ -350,7 +350,20 @@ impl ChunkStore {
         };
         if let Err(e) = write() {
             let _ = fs::remove_file(&tmp);
+            // Verified bytes: keep them in memory so that the reads of this chunk that follow
+            // (FUSE asks for 128 KiB at a time) do not fetch it again.
+            self.inner.hot.insert(*digest, data.clone());
+            if !self.inner.store_failing.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    store = %self.inner.root.display(),
+                    error = %e,
+                    "cannot write chunks to the cache (disk full?): serving them from memory and the network until writes work again"
+                );
+            }
             return Err(Error::io("store chunk", &dest, e));
+        }
+        if self.inner.store_failing.swap(false, Ordering::Relaxed) {
+            tracing::info!(store = %self.inner.root.display(), "writing chunks to the cache works again");
         }
         {
             let mut index = self.index();
@@ -360,7 +373,40 @@ impl ChunkStore {
         // The reader that fetched it usually reads the rest of the chunk next.
         self.inner.hot.insert(*digest, data.clone());
         if let Some(cap) = self.inner.max_bytes {
+            let written = self
+                .inner
+                .written_since_scan
+                .fetch_add(data.len() as u64, Ordering::Relaxed)
+                + data.len() as u64;
+            if written >= cap / RESCAN_SHARE {
+                self.inner.written_since_scan.store(0, Ordering::Relaxed);
+                self.rescan()?;
+            }
             self.gc(cap)?;
+        }
+        Ok(())
+    }
+
+    /// Brings the index in line with the directory: learns the chunks other processes stored,
+    /// forgets the ones they evicted. Blocking.
+    pub fn rescan(&self) -> Result<(), Error> {
+        let started = now_ns();
+        let on_disk = scan(&self.inner.root)?;
+        let mut index = self.index();
+        // Entries used since the scan started may have been stored after it looked: keep them.
+        let gone: Vec<Digest> = index
+            .entries
+            .iter()
+            .filter(|(d, (_, used))| *used < started && !on_disk.contains_key(*d))
+            .map(|(d, _)| *d)
+            .collect();
+        for d in gone {
+            index.remove(&d);
+        }
+        for (d, (size, used)) in on_disk {
+            if !index.entries.contains_key(&d) {
+                index.insert(d, size, used);
+            }
         }
         Ok(())
     }
@@ -407,6 +453,64 @@ impl ChunkStore {
     fn index(&self) -> MutexGuard<'_, Index> {
         // Index updates never panic midway, so a poisoned lock still guards consistent data.
         self.inner.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Every chunk file under `root` with its size and mtime (its last use).
+fn scan(root: &Path) -> Result<HashMap<Digest, (u64, u128)>, Error> {
+    let chunks = root.join("chunks").join("sha256");
+    let mut found = HashMap::new();
+    for shard in fs::read_dir(&chunks).map_err(|e| Error::io("list", &chunks, e))? {
+        let shard = shard.map_err(|e| Error::io("list", &chunks, e))?.path();
+        if !shard.is_dir() {
+            continue;
+        }
+        let entries = match fs::read_dir(&shard) {
+            Ok(e) => e,
+            // Another process may remove an empty shard between the two listings.
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("list", &shard, e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io("list", &shard, e))?;
+            let Some(digest) = entry
+                .file_name()
+                .to_str()
+                .and_then(|name| format!("sha256:{name}").parse::<Digest>().ok())
+            else {
+                continue;
+            };
+            if entry.path() != shard_path(root, &digest) {
+                continue;
+            }
+            let meta = match entry.metadata() {
+                Ok(m) => m,
+                // Evicted by another process since the listing.
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("stat", entry.path(), e)),
+            };
+            let used = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            found.insert(digest, (meta.len(), used));
+        }
+    }
+    Ok(found)
+}
+
+/// Whether the process that named temp file `name` (`<hex>.<pid>.<seq>`) still runs. Names not
+/// of that shape are nobody's.
+fn writer_alive(name: &std::ffi::OsStr) -> bool {
+    let pid = name
+        .to_str()
+        .and_then(|n| n.split('.').nth(1))
+        .and_then(|p| p.parse::<u32>().ok());
+    match pid {
+        Some(pid) if pid == std::process::id() => true,
+        Some(pid) => Path::new("/proc").join(pid.to_string()).exists(),
+        None => false,
     }
 }
 
@@ -472,6 +576,30 @@ mod tests {
         assert_eq!(store.get(&a).unwrap(), None);
         assert!(!store.contains(&a));
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn open_sweeps_only_the_temp_files_of_dead_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        ChunkStore::open(dir.path(), None).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let hex = "ab".repeat(32);
+        let mine = dir
+            .path()
+            .join(format!("tmp/{hex}.{}.1", std::process::id()));
+        let init = dir.path().join(format!("tmp/{hex}.1.2"));
+        let gone = dir.path().join(format!("tmp/{hex}.{dead}.3"));
+        for p in [&mine, &init, &gone] {
+            fs::write(p, b"partial").unwrap();
+        }
+        ChunkStore::open(dir.path(), None).unwrap();
+        assert!(
+            mine.exists() && init.exists(),
+            "a live writer's file was swept"
+        );
+        assert!(!gone.exists(), "a dead writer's file was kept");
     }
 
     #[test]

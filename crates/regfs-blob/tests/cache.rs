@@ -657,3 +657,163 @@ async fn a_stalled_read_ahead_does_not_pause_the_prefetch_but_an_on_demand_read_
         assert_eq!(got[0], blob.data[7]);
     }
 }
+
+/// Two caches over one directory, as two mounts of one host share it, each capped at ten
+/// chunks, each reading forty chunks of its own layer one by one: every read is right, and the
+/// directory ends within the cap plus its margin (an eighth per other writer), not at twice the
+/// cap as two indexes that each only count their own chunks would leave it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_sharing_a_capped_store_keep_the_cap() {
+    const CHUNK: usize = 8_000;
+    const CAP: u64 = 10 * CHUNK as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = PlannerConfig {
+        max_gap: 0,
+        min_fetch: 0,
+        ..PlannerConfig::default()
+    };
+    let mut readers = Vec::new();
+    for seed in [100u64, 200] {
+        let cache = ChunkCache::new(
+            ChunkStore::open(dir.path(), Some(CAP)).unwrap(),
+            cfg.clone(),
+        );
+        let blob = support::build(&support::chunks(seed, 40, CHUNK));
+        let mut mem = MemorySource::new();
+        mem.insert(blob.bytes.clone());
+        let layer = cache.layer(blob.layer(Arc::new(mem)));
+        readers.push(tokio::spawn(async move {
+            for (i, c) in blob.chunks.iter().enumerate() {
+                let got = layer
+                    .read_chunks(std::slice::from_ref(c), RequestSource::OnDemand)
+                    .await
+                    .unwrap();
+                assert_eq!(got[0], blob.data[i], "seed {seed} chunk {i}");
+                tokio::task::yield_now().await;
+            }
+            cache
+        }));
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+    let on_disk = walk(&dir.path().join("chunks"));
+    assert!(
+        on_disk <= CAP + CAP / 4,
+        "{on_disk} bytes on disk for a cap of {CAP}"
+    );
+}
+
+/// `regfs cache gc --max-size 0` (another process opening the store and evicting everything)
+/// run over and over while readers go through the cache: every read returns the right bytes,
+/// and the temp file a live writer is filling is never swept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_gc_of_a_shared_store_never_breaks_a_read() {
+    const CHUNK: usize = 8_000;
+    let blob = support::build(&support::chunks(70, 24, CHUNK));
+    let rig = Rig::new(
+        PlannerConfig {
+            max_gap: 0,
+            min_fetch: 0,
+            ..PlannerConfig::default()
+        },
+        Some(8 * CHUNK as u64),
+    );
+    let store_dir = rig.dir.path().join("store");
+    // A chunk being written by this (live) process when the gc opens the store.
+    let in_flight = store_dir.join(format!(
+        "tmp/{}.{}.999",
+        "ab".repeat(32),
+        std::process::id()
+    ));
+    std::fs::write(&in_flight, b"half a chunk").unwrap();
+    let (layer, _src) = rig.layer(&blob);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gc = {
+        let (dir, stop) = (store_dir.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || runs < 5 {
+                ChunkStore::open(&dir, None).unwrap().gc(0).unwrap();
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let mut tasks = Vec::new();
+    for t in 0..4usize {
+        let (layer, chunks, data) = (layer.clone(), blob.chunks.clone(), blob.data.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0..30usize {
+                let i = (t * 5 + round * 7) % chunks.len();
+                let got = layer
+                    .read_chunks(std::slice::from_ref(&chunks[i]), RequestSource::OnDemand)
+                    .await
+                    .unwrap();
+                assert_eq!(got[0], data[i], "chunk {i}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(gc.join().unwrap() >= 5);
+    assert!(in_flight.exists(), "a live writer's temp file was swept");
+}
+
+/// Disk full: the store sits on a 64 KiB tmpfs and the layer is ten times that. Every read
+/// returns the right bytes (never an error), and the chunks that could not be written are
+/// served from memory: reading them again costs no request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_reads_answer_from_memory_and_the_network() {
+    regfs_testkit::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "regfs-test-full"])
+        .arg(dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.path().to_owned());
+
+    let blob = support::build(&support::chunks(80, 20, 32_000));
+    let cache = ChunkCache::new(
+        ChunkStore::open(dir.path().join("store"), None).unwrap(),
+        PlannerConfig {
+            max_gap: 0,
+            min_fetch: 0,
+            ..PlannerConfig::default()
+        },
+    );
+    let mut mem = MemorySource::new();
+    mem.insert(blob.bytes.clone());
+    let src = Arc::new(FaultySource::new(mem));
+    let layer = cache.layer(blob.layer(src.clone()));
+    for (i, c) in blob.chunks.iter().enumerate() {
+        let got = layer
+            .read_chunks(std::slice::from_ref(c), RequestSource::OnDemand)
+            .await
+            .unwrap_or_else(|e| panic!("chunk {i} with the disk full: {e}"));
+        assert_eq!(got[0], blob.data[i], "chunk {i}");
+    }
+    let stored = cache.store().du();
+    assert!(stored.chunks < 20, "the tmpfs held every chunk: {stored:?}");
+    let calls = src.calls();
+    let again = layer
+        .read_chunks(&blob.chunks, RequestSource::OnDemand)
+        .await
+        .unwrap();
+    assert_eq!(as_vecs(&again), blob.data);
+    assert_eq!(
+        src.calls(),
+        calls,
+        "chunks that did not fit were fetched again"
+    );
+}

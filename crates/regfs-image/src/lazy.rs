@@ -53,9 +53,18 @@ pub struct LazyOptions {
 /// The chunk cache under `cache_dir` (created if missing): shared by every layer and image
 /// opened with it.
 pub fn open_cache(cache_dir: &std::path::Path) -> Result<Arc<ChunkCache>> {
+    open_capped_cache(cache_dir, None)
+}
+
+/// [`open_cache`] holding at most `max_bytes` of chunks (least recently used ones are evicted;
+/// `None` = unbounded).
+pub fn open_capped_cache(
+    cache_dir: &std::path::Path,
+    max_bytes: Option<u64>,
+) -> Result<Arc<ChunkCache>> {
     std::fs::create_dir_all(cache_dir)
         .with_context(|| format!("creating cache dir {}", cache_dir.display()))?;
-    let store = ChunkStore::open(cache_dir.join(STORE_SUBDIR), None)
+    let store = ChunkStore::open(cache_dir.join(STORE_SUBDIR), max_bytes)
         .with_context(|| format!("opening chunk store in {}", cache_dir.display()))?;
     Ok(ChunkCache::new(store, PlannerConfig::default()))
 }

@@ -56,6 +56,7 @@ pub use image_convert::{DEFAULT_JOBS, ImageConversion, LayerProgress, Progress, 
 pub use layout::{Descriptor, LayoutManifest, ManifestBody, OciLayout, parse_location};
 pub use lazy::{
     DEFAULT_CACHE_DIR, LayerInfo, LazyImage, LazyOptions, STORE_SUBDIR, cache_dir, open_cache,
+    open_capped_cache,
 };
 pub use open::{
     FoundToc, LayerOutcomes, MAX_TAIL, MAX_TOC_READ, MIN_TAIL, OpenOptions, OpenedImage,

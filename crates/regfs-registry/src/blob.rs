@@ -4,7 +4,10 @@
 //! request; a 200 means the server ignored `Range`, and the wanted bytes are cut out of the
 //! body's prefix (the rest is not read). Fewer bytes than asked is an error, never a short
 //! buffer. Multi-range requests expect `multipart/byteranges`; a host that answers them with
-//! 400/416/501 or something unparsable is marked and asked range by range from then on.
+//! 400/416/501, the whole blob (200), fewer ranges than asked (some CDNs, object stores and P2P
+//! mirrors honour only the first) or something unparsable is marked and asked range by range
+//! from then on. Every ranged read has a deadline (the request timeout plus its length at
+//! [`MIN_RANGE_RATE`](crate::MIN_RANGE_RATE)), so a body that trickles in is cut off and retried.
 //!
 //! Blob GETs that the registry redirects (to object storage) remember the final URL per blob and
 //! go there directly next time; when that URL stops working (401/403/404/410: a pre-signed URL
@@ -109,8 +112,25 @@ impl Client {
         digest: &Digest,
         range: Range<u64>,
     ) -> Result<Bytes, Error> {
+        let blob_url = ep.url(&repo.repository, &format!("blobs/{digest}"))?;
+        let len = range.end - range.start;
+        self.within_deadline(
+            &blob_url,
+            len,
+            self.read_range_now(&ep, repo, digest, range),
+        )
+        .await
+    }
+
+    async fn read_range_now(
+        &self,
+        ep: &Endpoint,
+        repo: &Reference,
+        digest: &Digest,
+        range: Range<u64>,
+    ) -> Result<Bytes, Error> {
         let header = format!("bytes={}-{}", range.start, range.end - 1);
-        let (resp, url) = self.blob_get(&ep, repo, digest, Some(&header)).await?;
+        let (resp, url) = self.blob_get(ep, repo, digest, Some(&header)).await?;
         let resp = self.check(resp, &url).await?;
         match resp.status() {
             StatusCode::PARTIAL_CONTENT => {
@@ -207,12 +227,29 @@ impl Client {
         if !ep.multi_range.load(Ordering::Relaxed) {
             return Ok(None);
         }
+        let blob_url = ep.url(&repo.repository, &format!("blobs/{digest}"))?;
+        let len = ranges.iter().map(|r| r.end - r.start).sum();
+        self.within_deadline(
+            &blob_url,
+            len,
+            self.read_ranges_now(&ep, repo, digest, ranges),
+        )
+        .await
+    }
+
+    async fn read_ranges_now(
+        &self,
+        ep: &Endpoint,
+        repo: &Reference,
+        digest: &Digest,
+        ranges: &[Range<u64>],
+    ) -> Result<Option<Vec<Bytes>>, Error> {
         let spec: Vec<String> = ranges
             .iter()
             .map(|r| format!("{}-{}", r.start, r.end - 1))
             .collect();
         let header = format!("bytes={}", spec.join(","));
-        let (resp, url) = self.blob_get(&ep, repo, digest, Some(&header)).await?;
+        let (resp, url) = self.blob_get(ep, repo, digest, Some(&header)).await?;
         if matches!(resp.status().as_u16(), 400 | 416 | 501) {
             tracing::debug!(host = %ep.authority, status = %resp.status(), "multi-range refused");
             ep.multi_range.store(false, Ordering::Relaxed);
@@ -238,13 +275,12 @@ impl Client {
                 vec![RangePart { start, end, data }]
             }
             StatusCode::OK => {
-                let end = ranges.iter().map(|r| r.end).max().unwrap_or(0);
-                let data = self.read_prefix(resp, &url, end).await?;
-                vec![RangePart {
-                    start: 0,
-                    end,
-                    data,
-                }]
+                // The whole blob instead of the ranges (a CDN or mirror that ignores multi-range
+                // requests): reading it could cost the whole blob for every batch; single ranges
+                // are what such hosts serve well.
+                tracing::debug!(host = %ep.authority, "multi-range answered with the whole blob");
+                ep.multi_range.store(false, Ordering::Relaxed);
+                return Ok(None);
             }
             s => return Err(unexpected(&url, s)),
         };

@@ -54,6 +54,12 @@ const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 /// with a token that dies on the way.
 const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 
+/// The slowest transfer a ranged read is allowed before its deadline cuts it off, in bytes per
+/// second. The idle timeout alone never fires on a server that sends a byte now and then (a slow
+/// loris, or a CDN edge stuck behind a dying origin); 64 KiB/s still moves a 4 MiB chunk in about
+/// a minute, far below any link worth lazily pulling over.
+pub const MIN_RANGE_RATE: u64 = 64 * 1024;
+
 /// OAuth2 `client_id` sent with token POSTs (some endpoints require one).
 const OAUTH_CLIENT_ID: &str = "regfs";
 
@@ -92,7 +98,8 @@ pub struct ClientConfig {
     pub proxy: Option<String>,
     /// Platform picked out of indexes; `None` = [`Platform::host`].
     pub platform: Option<Platform>,
-    /// Connect timeout, idle-read timeout, and whole-request timeout of small requests.
+    /// Connect timeout, idle-read timeout, and whole-request timeout of small requests. A ranged
+    /// blob read gets this plus its length at [`MIN_RANGE_RATE`] as its deadline.
     pub request_timeout: Duration,
     /// How failed requests are retried (attempts, backoff, `Retry-After` cap).
     pub retry: RetryPolicy,
@@ -471,6 +478,29 @@ impl Client {
                 host: registry.to_owned(),
                 reason: "no configured host has the push capability".into(),
             })
+    }
+
+    /// Runs one ranged read of `bytes` bytes under its deadline: the request timeout plus the time
+    /// the bytes take at [`MIN_RANGE_RATE`]. Per request, not per byte: a body that trickles in
+    /// never trips the idle timeout, but it does trip this, and the read is retried.
+    pub(crate) async fn within_deadline<T>(
+        &self,
+        url: &Url,
+        bytes: u64,
+        fut: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let after = self
+            .inner
+            .cfg
+            .request_timeout
+            .saturating_add(Duration::from_secs(bytes / MIN_RANGE_RATE + 1));
+        match tokio::time::timeout(after, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Deadline {
+                url: url.to_string(),
+                after,
+            }),
+        }
     }
 
     /// Repeats `op` while it fails with a retryable error and the policy allows.

@@ -174,6 +174,14 @@ pub enum Error {
         /// What the reply got wrong.
         reason: String,
     },
+    /// A ranged read did not finish within its deadline (a server trickling its body).
+    #[error("range read from {url} took longer than its {after:?} deadline")]
+    Deadline {
+        /// The registry URL of the blob.
+        url: String,
+        /// The deadline that passed.
+        after: Duration,
+    },
     /// The caller's writer failed while streaming a blob.
     #[error("writing blob {digest}: {source}")]
     Write {
@@ -187,10 +195,13 @@ pub enum Error {
 
 impl Error {
     /// Whether repeating the same request may succeed: connection trouble, 429 and 5xx (but 501,
-    /// which says the server will never do it), truncated bodies.
+    /// which says the server will never do it), truncated or too slow bodies.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Connect { .. } | Error::Transport { .. } | Error::ShortBody { .. } => true,
+            Error::Connect { .. }
+            | Error::Transport { .. }
+            | Error::ShortBody { .. }
+            | Error::Deadline { .. } => true,
             Error::Status { status, .. } => {
                 *status == 429 || (*status >= 500 && *status != 501 && *status < 600)
             }

@@ -37,7 +37,7 @@ mod reference;
 
 pub use auth::{Credentials, Keychain};
 pub use blob::MAX_IN_MEMORY_BLOB;
-pub use client::{Client, ClientConfig, RequestStats, RetryPolicy};
+pub use client::{Client, ClientConfig, MIN_RANGE_RATE, RequestStats, RetryPolicy};
 pub use error::Error;
 pub use manifest::{
     MAX_CONFIG_SIZE, MAX_MANIFEST_SIZE, MEDIA_TYPE_DOCKER_LIST, MEDIA_TYPE_DOCKER_MANIFEST,

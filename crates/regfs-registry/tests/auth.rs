@@ -127,6 +127,7 @@ async fn token_auth_with_oauth2_post() {
         user: USER.into(),
         password: PASS.into(),
         post: true,
+        ..TokenOptions::default()
     })
     .await;
     let reg = Registry::start(tokens.registry_auth()).await;
@@ -170,6 +171,7 @@ async fn token_auth_falls_back_to_get_when_post_is_unsupported() {
         user: USER.into(),
         password: PASS.into(),
         post: false,
+        ..TokenOptions::default()
     })
     .await;
     let reg = Registry::start(tokens.registry_auth()).await;
@@ -194,6 +196,7 @@ async fn docker_config_auths_and_identity_token() {
         user: USER.into(),
         password: PASS.into(),
         post: true,
+        ..TokenOptions::default()
     })
     .await;
     let reg = Registry::start(tokens.registry_auth()).await;
@@ -256,6 +259,7 @@ async fn concurrent_cold_reads_share_one_token() {
         user: USER.into(),
         password: PASS.into(),
         post: true,
+        ..TokenOptions::default()
     })
     .await;
     let reg = Registry::start(tokens.registry_auth()).await;
@@ -288,4 +292,114 @@ async fn concurrent_cold_reads_share_one_token() {
         assert_eq!(&got[..], &data[range.start as usize..range.end as usize]);
     }
     assert_eq!(client.stats().token_fetches, 1, "{:?}", client.stats());
+}
+
+/// A client reading `data` of `r` range by range every `pause` for `total`; every read must
+/// return the right bytes. Returns how many reads it made.
+async fn read_for(
+    client: &Client,
+    r: &regfs_registry::Reference,
+    digest: &Digest,
+    data: &[u8],
+    total: std::time::Duration,
+) -> u64 {
+    let start = std::time::Instant::now();
+    let mut reads = 0u64;
+    while start.elapsed() < total {
+        let at = (reads * 4096) % (data.len() as u64 - 4096);
+        let got = client
+            .read_range(r, digest, at..at + 4096)
+            .await
+            .unwrap_or_else(|e| panic!("read {reads} at {at} failed: {e}"));
+        assert_eq!(&got[..], &data[at as usize..at as usize + 4096]);
+        reads += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    reads
+}
+
+/// Pushes a 256 KiB blob through a token-auth registry and returns a fresh reading client.
+async fn short_token_rig(
+    opts: TokenOptions,
+) -> (
+    TokenServer,
+    Registry,
+    Client,
+    regfs_registry::Reference,
+    Digest,
+    Vec<u8>,
+    tempfile::TempDir,
+) {
+    let tokens = TokenServer::start(opts).await;
+    let reg = Registry::start(tokens.registry_auth()).await;
+    let cfg_dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(cfg_dir.path());
+    cfg.credentials
+        .insert(reg.host.clone(), user_pass(USER, PASS));
+    let r = reg.reference("auth/short:1");
+    let data = pattern(256 * 1024, 17);
+    let digest = Digest::sha256(&data);
+    Client::new(cfg.clone())
+        .unwrap()
+        .push_blob(&r, &digest, data.clone().into())
+        .await
+        .unwrap();
+    let client = Client::new(cfg).unwrap();
+    (tokens, reg, client, r, digest, data, cfg_dir)
+}
+
+/// Tokens the real registry accepts for 3 s, announced honestly: a reader going on for more
+/// than three lifetimes never fails, and every token is replaced before it dies (no request is
+/// ever refused after the first challenge).
+#[tokio::test(flavor = "multi_thread")]
+async fn short_lived_tokens_are_renewed_before_they_expire() {
+    let (_tokens, _reg, client, r, digest, data, _d) = short_token_rig(TokenOptions {
+        user: USER.into(),
+        password: PASS.into(),
+        lifetime: 3,
+        expires_in: Some(3),
+        ..TokenOptions::default()
+    })
+    .await;
+    let reads = read_for(
+        &client,
+        &r,
+        &digest,
+        &data,
+        std::time::Duration::from_secs(10),
+    )
+    .await;
+    let s = client.stats();
+    assert!(s.token_fetches >= 4, "tokens were not renewed: {s:?}");
+    // One request per read, one per token fetch, and the single anonymous 401 that taught the
+    // client the challenge: a token used past its death would add a refused request.
+    assert_eq!(s.requests, reads + s.token_fetches + 1, "{s:?}");
+    assert_eq!(s.retries, 0, "{s:?}");
+}
+
+/// Tokens that die after 2 s while the token server announces an hour: the client cannot know,
+/// so each death shows up as a 401 on a range read, which is answered with a fresh token and the
+/// read still succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_that_die_before_their_announced_expiry_are_replaced_on_401() {
+    let (_tokens, _reg, client, r, digest, data, _d) = short_token_rig(TokenOptions {
+        user: USER.into(),
+        password: PASS.into(),
+        lifetime: 2,
+        expires_in: Some(3600),
+        ..TokenOptions::default()
+    })
+    .await;
+    let reads = read_for(
+        &client,
+        &r,
+        &digest,
+        &data,
+        std::time::Duration::from_secs(8),
+    )
+    .await;
+    let s = client.stats();
+    assert!(s.token_fetches >= 3, "{s:?}");
+    // Every token after the first was fetched because the registry refused the old one.
+    assert_eq!(s.requests, reads + 2 * s.token_fetches, "{s:?}");
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use regfs_registry::{Client, Credentials, Digest, Error, Reference};
-use support::{FakeServer, HttpRequest, Reply, pattern, test_config};
+use support::{FakeServer, HttpRequest, Reply, forward, pattern, test_config};
 
 fn blob() -> (Vec<u8>, Digest) {
     let data = pattern(50_000, 42);
@@ -453,4 +453,316 @@ async fn resumed_fetch_against_range_ignoring_server_skips_written_bytes() {
         .unwrap();
     assert_eq!((n, out == data), (data.len() as u64, true));
     assert_eq!(server.requests()[1].header("range"), Some("bytes=12345-"));
+}
+
+/// How a host mishandles a request for several ranges.
+#[derive(Clone, Copy, Debug)]
+enum MultiRangeQuirk {
+    NotImplemented,
+    NotSatisfiable,
+    WholeBody,
+    FirstRangeOnly,
+}
+
+/// Every way a CDN, object store or P2P mirror mishandles multi-range requests: the reads still
+/// return the right bytes, and the host is asked range by range from then on (remembered: the
+/// second batch sends no multi-range request at all).
+#[tokio::test(flavor = "multi_thread")]
+async fn multi_range_quirks_switch_the_host_to_single_ranges_for_good() {
+    for quirk in [
+        MultiRangeQuirk::NotImplemented,
+        MultiRangeQuirk::NotSatisfiable,
+        MultiRangeQuirk::WholeBody,
+        MultiRangeQuirk::FirstRangeOnly,
+    ] {
+        let (data, digest) = blob();
+        let d2 = data.clone();
+        let server = FakeServer::start(move |req| {
+            let Some(spec) = req.header("range").filter(|r| r.contains(',')) else {
+                return serve(req, &d2);
+            };
+            match quirk {
+                MultiRangeQuirk::NotImplemented => Reply::status(501),
+                MultiRangeQuirk::NotSatisfiable => Reply::status(416),
+                MultiRangeQuirk::WholeBody => Reply::ok(d2.clone()),
+                MultiRangeQuirk::FirstRangeOnly => {
+                    let first = spec.split(',').next().unwrap().to_owned();
+                    let one = HttpRequest {
+                        headers: vec![("Range".into(), first)],
+                        ..req.clone()
+                    };
+                    serve(&one, &d2)
+                }
+            }
+        })
+        .await;
+        let (client, _d) = client();
+        let r = reference(&server);
+        let ranges = [0..10, 20_000..20_100, 49_000..49_500];
+        for round in 0..2 {
+            let parts = client.read_ranges(&r, &digest, &ranges).await.unwrap();
+            for (rg, p) in ranges.iter().zip(&parts) {
+                assert_eq!(
+                    &p[..],
+                    &data[rg.start as usize..rg.end as usize],
+                    "{quirk:?} round {round}"
+                );
+            }
+        }
+        let multi: Vec<usize> = server
+            .requests()
+            .iter()
+            .enumerate()
+            .filter(|(_, q)| q.header("range").is_some_and(|r| r.contains(',')))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(
+            multi,
+            vec![0],
+            "{quirk:?}: only the very first request is multi-range"
+        );
+        assert_eq!(
+            server.requests().len(),
+            7,
+            "{quirk:?}: 1 multi + 2 × 3 single"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn too_many_requests_without_retry_after_backs_off_and_succeeds() {
+    let (data, digest) = blob();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let d2 = data.clone();
+    let server = FakeServer::start(move |req| {
+        if c.fetch_add(1, Ordering::SeqCst) < 2 {
+            Reply::with(429, &[], b"rate limited".to_vec())
+        } else {
+            serve(req, &d2)
+        }
+    })
+    .await;
+    let (client, _d) = client();
+    let got = client
+        .read_range(&reference(&server), &digest, 300..400)
+        .await
+        .unwrap();
+    assert_eq!(&got[..], &data[300..400]);
+    assert_eq!(client.stats().retries, 2);
+    assert_eq!(server.requests().len(), 3);
+}
+
+/// A 503 storm: every request of 16 concurrent readers is refused three times (half of them
+/// with `Retry-After: 0`) before it is served; every read still gets its bytes. A storm longer
+/// than the retry budget is an error, never wrong or short bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn service_unavailable_storm_is_ridden_out_by_concurrent_readers() {
+    let (data, digest) = blob();
+    let refusals: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>> = Arc::default();
+    let d2 = data.clone();
+    let seen = refusals.clone();
+    let server = FakeServer::start(move |req| {
+        let key = req.header("range").unwrap_or("").to_owned();
+        let n = {
+            let mut m = seen.lock().unwrap();
+            let n = m.entry(key.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        // Ranges starting at 0 (the "storm never ends" read) are refused forever.
+        if n <= 3 || key.starts_with("bytes=0-") {
+            if n % 2 == 0 {
+                Reply::with(503, &[("Retry-After", "0")], b"busy".to_vec())
+            } else {
+                Reply::status(503)
+            }
+        } else {
+            serve(req, &d2)
+        }
+    })
+    .await;
+    let (client, _d) = client();
+    let r = reference(&server);
+    let reads = (1..=16u64).map(|i| {
+        let (client, r) = (client.clone(), r.clone());
+        tokio::spawn(async move {
+            let range = i * 1000..i * 1000 + 500;
+            (
+                range.clone(),
+                client.read_range(&r, &digest, range).await.unwrap(),
+            )
+        })
+    });
+    for task in futures::future::join_all(reads).await {
+        let (range, got) = task.unwrap();
+        assert_eq!(&got[..], &data[range.start as usize..range.end as usize]);
+    }
+    assert_eq!(client.stats().retries, 16 * 3);
+
+    let err = client.read_range(&r, &digest, 0..100).await.unwrap_err();
+    assert!(matches!(err, Error::Status { status: 503, .. }), "{err}");
+}
+
+/// A connection reset (RST, not a clean close) in the middle of a range body: the read is
+/// repeated and returns the right bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn reset_mid_range_body_is_retried() {
+    let (data, digest) = blob();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let d2 = data.clone();
+    let server = FakeServer::start(move |req| {
+        if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            let (a, b) = range_of(req, d2.len()).unwrap();
+            Reply::Reset {
+                status: 206,
+                headers: vec![(
+                    "Content-Range".into(),
+                    format!("bytes {a}-{}/{}", b - 1, d2.len()),
+                )],
+                declared_len: b - a,
+                body: d2[a..a + (b - a) / 3].to_vec(),
+            }
+        } else {
+            serve(req, &d2)
+        }
+    })
+    .await;
+    let (client, _d) = client();
+    let got = client
+        .read_range(&reference(&server), &digest, 1000..31_000)
+        .await
+        .unwrap();
+    assert_eq!(&got[..], &data[1000..31_000]);
+    assert_eq!(server.requests().len(), 2);
+    assert_eq!(client.stats().retries, 1);
+}
+
+/// A slow-loris body: one byte every 100 ms, so no read ever waits long enough for the idle
+/// timeout (1 s here), yet 2,000 bytes would take over three minutes. The per-request deadline
+/// (request timeout + length at MIN_RANGE_RATE) cuts it off and the retry, served normally,
+/// returns the bytes. Without the deadline the read would outlast the guard below.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_loris_body_is_cut_off_by_the_per_request_deadline() {
+    let (data, digest) = blob();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let d2 = data.clone();
+    let server = FakeServer::start(move |req| {
+        let (a, b) = range_of(req, d2.len()).unwrap();
+        let headers = vec![(
+            "Content-Range".into(),
+            format!("bytes {a}-{}/{}", b - 1, d2.len()),
+        )];
+        if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            Reply::Trickle {
+                status: 206,
+                headers,
+                body: d2[a..b].to_vec(),
+                every: std::time::Duration::from_millis(100),
+            }
+        } else {
+            Reply::Full {
+                status: 206,
+                headers,
+                body: d2[a..b].to_vec(),
+            }
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = test_config(dir.path());
+    cfg.request_timeout = std::time::Duration::from_secs(1);
+    let client = Client::new(cfg).unwrap();
+    let r = reference(&server);
+    let read = client.read_range(&r, &digest, 5000..7000);
+    let got = tokio::time::timeout(std::time::Duration::from_secs(60), read)
+        .await
+        .expect("the slow body was never cut off")
+        .unwrap();
+    assert_eq!(&got[..], &data[5000..7000]);
+    assert_eq!(server.requests().len(), 2);
+    assert_eq!(client.stats().retries, 1);
+}
+
+/// The faults above, injected by a proxy in front of a real `docker-registry` that serves the
+/// bytes: the first multi-range request gets 501, then a 503 storm, a 429, a reset mid-body and
+/// a slow-loris body hit the requests that follow. Every read returns the registry's bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn faults_in_front_of_a_real_registry_never_fail_a_read() {
+    let reg = support::Registry::start(support::Auth::Anonymous).await;
+    let data = pattern(300_000, 99);
+    let digest = Digest::sha256(&data);
+    let dir = tempfile::tempdir().unwrap();
+    let repo = "faults/real";
+    Client::new(test_config(dir.path()))
+        .unwrap()
+        .push_blob(
+            &reg.reference(&format!("{repo}:1")),
+            &digest,
+            data.clone().into(),
+        )
+        .await
+        .unwrap();
+    let upstream = reg.host.clone();
+    let n = Arc::new(AtomicUsize::new(0));
+    let proxy = FakeServer::start(move |req| {
+        let i = n.fetch_add(1, Ordering::SeqCst);
+        let multi = req.header("range").is_some_and(|r| r.contains(','));
+        let real = || forward(&upstream, req);
+        match i {
+            _ if multi => Reply::status(501),
+            1..=3 => Reply::status(503),
+            4 => Reply::status(429),
+            5 => match real() {
+                Reply::Full {
+                    status,
+                    headers,
+                    body,
+                } => Reply::Reset {
+                    status,
+                    headers,
+                    declared_len: body.len(),
+                    body: body[..body.len() / 2].to_vec(),
+                },
+                other => other,
+            },
+            6 => match real() {
+                Reply::Full {
+                    status,
+                    headers,
+                    body,
+                } => Reply::Trickle {
+                    status,
+                    headers,
+                    body,
+                    every: std::time::Duration::from_millis(100),
+                },
+                other => other,
+            },
+            _ => real(),
+        }
+    })
+    .await;
+    let mut cfg = test_config(dir.path());
+    cfg.request_timeout = std::time::Duration::from_secs(1);
+    // Six faulted requests in all: even if one read met every one of them, it still succeeds.
+    cfg.retry.max_retries = 8;
+    let client = Client::new(cfg).unwrap();
+    let r: Reference = format!("{}/{repo}:1", proxy.host()).parse().unwrap();
+    let ranges = [0..1000u64, 100_000..101_000, 200_000..201_000];
+    let read = async {
+        let parts = client.read_ranges(&r, &digest, &ranges).await.unwrap();
+        for (rg, p) in ranges.iter().zip(&parts) {
+            assert_eq!(&p[..], &data[rg.start as usize..rg.end as usize]);
+        }
+        for rg in [5_000..9_000u64, 250_000..299_000] {
+            let got = client.read_range(&r, &digest, rg.clone()).await.unwrap();
+            assert_eq!(&got[..], &data[rg.start as usize..rg.end as usize]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(120), read)
+        .await
+        .expect("reads through the faulty proxy never finished");
+    // Every fault was met: 1 multi-range + 6 faulted + 5 served single ranges.
+    assert!(proxy.requests().len() >= 12, "{}", proxy.requests().len());
 }

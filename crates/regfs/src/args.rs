@@ -55,6 +55,10 @@ pub struct LazyArgs {
     /// Chunk cache directory (default $REGFS_CACHE_DIR or /var/lib/regfs/cache).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Keep at most this much in the chunk cache (bytes, or with a K/M/G/T suffix); least
+    /// recently used chunks are evicted. Default: unbounded.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub cache_size: Option<u64>,
     /// Don't prefetch the prioritized files (`.prefetch.landmark` range) of each layer.
     #[arg(long)]
     pub no_prefetch: bool,
@@ -80,7 +84,7 @@ impl LazyArgs {
         let client = self.registry.client()?;
         let source = ImageLocation::parse(reference)?.source(&client)?;
         let cache_dir = regfs_image::cache_dir(self.cache_dir.clone());
-        let cache = regfs_image::open_cache(&cache_dir)?;
+        let cache = regfs_image::open_capped_cache(&cache_dir, self.cache_size)?;
         let options = LazyOptions {
             open: OpenOptions {
                 insecure_skip_verify: self.insecure_skip_verify,
@@ -128,5 +132,47 @@ impl ConvertArgs {
         };
         options.estargz()?;
         Ok(options)
+    }
+}
+
+/// `123`, `64K`, `1.5G`… in bytes (binary multiples).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                'B' => 0,
+                _ => return Err(format!("unknown size suffix {c:?} in {s:?}")),
+            };
+            (&s[..i], 1u64 << shift)
+        }
+        _ => (s, 1),
+    };
+    let value: f64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    let bytes = value * mult as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("size out of range: {s:?}"));
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("123"), Ok(123));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_size("2M"), Ok(2 << 20));
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("").is_err());
     }
 }

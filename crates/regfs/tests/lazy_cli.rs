@@ -816,3 +816,232 @@ fn metrics_address_serves_prometheus_text() {
     assert!(resp.contains("# TYPE regfs_layer_fetched_bytes"), "{resp}");
     m.umount();
 }
+
+/// Random `pread`s of `file` checked against `data`, on `threads` threads of `rounds` reads.
+fn random_reads(file: &Arc<fs::File>, data: &Arc<Vec<u8>>, threads: u64, rounds: usize, seed: u64) {
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (file, data) = (file.clone(), data.clone());
+            std::thread::spawn(move || {
+                let mut x = (seed + t) * 2654435761 + 1;
+                for _ in 0..rounds {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let off = (x % data.len() as u64) as usize;
+                    let len = (((x >> 32) % 300_000) as usize + 1).min(data.len() - off);
+                    let mut buf = vec![0u8; len];
+                    file.read_exact_at(&mut buf, off as u64)
+                        .unwrap_or_else(|e| panic!("thread {t}: pread {len} at {off}: {e}"));
+                    assert!(
+                        buf == data[off..off + len],
+                        "thread {t}: bytes at {off}+{len} differ"
+                    );
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("reader thread");
+    }
+}
+
+/// A `--cache-size` a sixth of what the workload reads, two mounts of one image sharing that
+/// cache, and `regfs cache gc --max-size 0` run over and over while they read: every read
+/// returns the original bytes, and once the reads stop the cache is within its cap plus the
+/// margin of one other writer (an eighth of the cap, and a chunk).
+#[test]
+fn capped_cache_shared_by_two_mounts_with_concurrent_gc_serves_every_read() {
+    require_fuse();
+    let work = scratch();
+    let reg = Registry::start();
+    let data = Arc::new(noise(3 << 20, 51));
+    let reference = format!("{}/pressure:v1", reg.addr);
+    push_converted(
+        work.path(),
+        &[files_tar(&[("big.bin", &data)])],
+        &reference,
+        &[],
+    );
+    const CAP: u64 = 512 << 10;
+    let cache = cache_arg(work.path(), "pressure");
+    let mounts: Vec<Mount> = ["a", "b"]
+        .iter()
+        .map(|name| {
+            Mount::start(
+                &reference,
+                &work.path().join(format!("mnt-{name}")),
+                &[
+                    "--cache-dir",
+                    &cache,
+                    "--cache-size",
+                    "512K",
+                    "--no-prefetch",
+                ],
+            )
+        })
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let gc = {
+        let (cache, stop) = (cache.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut runs = 0;
+            while !stop.load(Ordering::SeqCst) {
+                run_ok(regfs().args(["cache", "gc", "--cache-dir", &cache, "--max-size", "0"]));
+                runs += 1;
+            }
+            runs
+        })
+    };
+    let files: Vec<Arc<fs::File>> = mounts
+        .iter()
+        .map(|m| Arc::new(fs::File::open(m.dir.join("big.bin")).expect("open big.bin")))
+        .collect();
+    let readers: Vec<_> = files
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let (f, data) = (f.clone(), data.clone());
+            std::thread::spawn(move || random_reads(&f, &data, 4, 25, 100 * i as u64))
+        })
+        .collect();
+    for r in readers {
+        r.join().expect("readers");
+    }
+    stop.store(true, Ordering::SeqCst);
+    assert!(gc.join().expect("gc thread") > 0);
+
+    // Without gc: both mounts read the whole file (six times the cap) once more.
+    for f in &files {
+        let mut all = vec![0u8; data.len()];
+        f.read_exact_at(&mut all, 0).expect("read all");
+        assert!(all == *data, "whole-file read differs");
+    }
+    let du: Value = serde_json::from_slice(
+        &run_ok(regfs().args(["cache", "du", "--json", "--cache-dir", &cache])).stdout,
+    )
+    .expect("du json");
+    let bytes = du["bytes"].as_u64().expect("bytes");
+    let chunk: u64 = CHUNK.parse().expect("chunk size");
+    assert!(
+        bytes <= CAP + CAP / 8 + chunk,
+        "cache holds {bytes} bytes for a cap of {CAP}"
+    );
+    drop(files);
+    for m in mounts {
+        m.umount();
+    }
+}
+
+/// The cache directory is a 256 KiB tmpfs and the image file 3 MiB: writing chunks fails with
+/// ENOSPC, yet every read through the mount returns the original bytes (never EIO).
+#[test]
+fn full_cache_disk_never_fails_a_read() {
+    require_fuse();
+    let work = scratch();
+    let reg = Registry::start();
+    let data = Arc::new(noise(3 << 20, 61));
+    let reference = format!("{}/diskfull:v1", reg.addr);
+    push_converted(
+        work.path(),
+        &[files_tar(&[("big.bin", &data)])],
+        &reference,
+        &[],
+    );
+    let cache = work.path().join("tiny-cache");
+    fs::create_dir_all(&cache).expect("cache dir");
+    run_ok(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=256k", "regfs-full-cache"])
+            .arg(&cache),
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(cache.clone());
+    let m = Mount::start(
+        &reference,
+        &work.path().join("mnt"),
+        &["--cache-dir", &cache.display().to_string(), "--no-prefetch"],
+    );
+    let file = Arc::new(fs::File::open(m.dir.join("big.bin")).expect("open big.bin"));
+    random_reads(&file, &data, 4, 20, 7);
+    assert_eq!(fs::read(m.dir.join("big.bin")).expect("read all"), *data);
+    drop(file);
+    m.umount();
+}
+
+/// A token-auth registry whose tokens live 3 s, and a mount reading a new part of a 3 MiB file
+/// every 250 ms for 13 s (over four token lifetimes), each part from the network: every read
+/// returns the original bytes, and the mount went through several tokens to do it.
+#[test]
+fn mount_reads_through_several_token_lifetimes_without_a_failed_read() {
+    use base64::Engine as _;
+    require_fuse();
+    let work = scratch();
+    let tokens = regfs_testkit::TokenServer::start("reader", "pw", 3);
+    let reg = regfs_testkit::Registry::start_with(regfs_testkit::RegistryConfig {
+        auth: tokens.registry_auth(),
+        ..Default::default()
+    });
+    let docker = work.path().join("docker");
+    fs::create_dir_all(&docker).expect("docker config dir");
+    let auth = base64::engine::general_purpose::STANDARD.encode("reader:pw");
+    fs::write(
+        docker.join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.addr),
+    )
+    .expect("docker config");
+
+    let data = noise(3 << 20, 71);
+    let layout = work.path().join("layout");
+    write_layout(
+        &layout,
+        "v1",
+        &[LayoutLayer::gzip(&files_tar(&[("big.bin", &data)]))],
+        &["/bin/sh"],
+    );
+    let reference = format!("{}/tokens:v1", reg.addr);
+    run_ok(
+        regfs()
+            .env("DOCKER_CONFIG", &docker)
+            .arg("convert-image")
+            .arg(format!("oci:{}:v1", layout.display()))
+            .arg(&reference)
+            .args(["--chunk-size", CHUNK]),
+    );
+
+    let mnt = work.path().join("mnt");
+    fs::create_dir_all(&mnt).expect("mount dir");
+    let out = run_ok(
+        regfs()
+            .env("DOCKER_CONFIG", &docker)
+            .args(["mount", "--daemon", "--no-prefetch", "--cache-dir"])
+            .arg(work.path().join("cache"))
+            .arg(&reference)
+            .arg(&mnt),
+    );
+    let pid = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("mount --daemon prints its pid");
+    let m = Mount { dir: mnt, pid };
+    let before = tokens.issued.load(Ordering::SeqCst);
+    let file = fs::File::open(m.dir.join("big.bin")).expect("open big.bin");
+    let part = 3 << 20 >> 6; // 48 KiB: 64 parts, 52 read over 13 s
+    for i in 0..52usize {
+        let off = i * part;
+        let mut buf = vec![0u8; part];
+        file.read_exact_at(&mut buf, off as u64)
+            .unwrap_or_else(|e| panic!("read {i} at {off} failed: {e}"));
+        assert!(buf == data[off..off + part], "bytes at {off} differ");
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    let renewed = tokens.issued.load(Ordering::SeqCst) - before;
+    assert!(renewed >= 3, "only {renewed} tokens issued while reading");
+    drop(file);
+    m.umount();
+}

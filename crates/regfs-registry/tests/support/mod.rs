@@ -143,6 +143,21 @@ pub enum Reply {
         declared_len: usize,
         body: Vec<u8>,
     },
+    /// Announces `declared_len` bytes, sends `body` (fewer), then resets the connection (RST).
+    Reset {
+        status: u16,
+        headers: Vec<(String, String)>,
+        declared_len: usize,
+        body: Vec<u8>,
+    },
+    /// Sends the head at once, then `body` one byte per `every`: each byte arrives well within
+    /// any idle timeout, the whole body does not (a slow loris).
+    Trickle {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        every: Duration,
+    },
 }
 
 impl Reply {
@@ -205,6 +220,7 @@ impl FakeServer {
                     let reply = tokio::task::spawn_blocking(move || handler(&req))
                         .await
                         .unwrap();
+                    let (mut reset, mut trickle) = (false, None);
                     let (status, headers, declared, body) = match reply {
                         Reply::Full {
                             status,
@@ -217,6 +233,24 @@ impl FakeServer {
                             declared_len,
                             body,
                         } => (status, headers, declared_len, body),
+                        Reply::Reset {
+                            status,
+                            headers,
+                            declared_len,
+                            body,
+                        } => {
+                            reset = true;
+                            (status, headers, declared_len, body)
+                        }
+                        Reply::Trickle {
+                            status,
+                            headers,
+                            body,
+                            every,
+                        } => {
+                            trickle = Some(every);
+                            (status, headers, body.len(), body)
+                        }
                     };
                     let mut head = format!(
                         "HTTP/1.1 {status} X\r\nConnection: close\r\nContent-Length: {declared}\r\n"
@@ -226,7 +260,26 @@ impl FakeServer {
                     }
                     head.push_str("\r\n");
                     let _ = sock.write_all(head.as_bytes()).await;
-                    let _ = sock.write_all(&body).await;
+                    if let Some(every) = trickle {
+                        for b in body {
+                            if sock.write_all(&[b]).await.is_err() {
+                                return;
+                            }
+                            tokio::time::sleep(every).await;
+                        }
+                    } else {
+                        let _ = sock.write_all(&body).await;
+                    }
+                    if reset {
+                        // SO_LINGER 0: close sends RST instead of FIN. (Deprecated because a
+                        // non-zero linger blocks on drop; a zero linger does not.)
+                        let _ = sock.flush().await;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        #[allow(deprecated)]
+                        let _ = sock.set_linger(Some(Duration::ZERO));
+                        drop(sock);
+                        return;
+                    }
                     let _ = sock.shutdown().await;
                 });
             }
@@ -305,7 +358,28 @@ pub struct TokenOptions {
     pub password: String,
     /// Answer OAuth2 POSTs; when false, POST gets 404 (old token servers).
     pub post: bool,
+    /// How long the registry accepts a token, in seconds.
+    pub lifetime: u64,
+    /// The `expires_in` the replies announce (`None`: no field, the client assumes 60 s).
+    pub expires_in: Option<u64>,
 }
+
+impl Default for TokenOptions {
+    fn default() -> TokenOptions {
+        TokenOptions {
+            user: String::new(),
+            password: String::new(),
+            post: true,
+            lifetime: 300,
+            expires_in: Some(300),
+        }
+    }
+}
+
+/// The clock-skew allowance of distribution's token check: a token stays valid this long past
+/// its `exp`. A token server that wants tokens to die after `lifetime` seconds sets `exp` this
+/// much earlier.
+pub const REGISTRY_TOKEN_LEEWAY: u64 = 60;
 
 /// A docker token server: GET with Basic, POST password and refresh_token grants; JWTs signed
 /// with a throwaway RSA key through the `openssl` CLI, the certificate in `x5c`.
@@ -352,6 +426,13 @@ impl TokenServer {
         let gets = Arc::new(AtomicUsize::new(0));
         let refresh_tokens: Arc<Mutex<Vec<String>>> = Arc::default();
         let (p, rp, g) = (posts.clone(), refresh_posts.clone(), gets.clone());
+        let (lifetime, expires_in) = (opts.lifetime, opts.expires_in);
+        let reply_json = move |mut v: serde_json::Value| {
+            if let Some(e) = expires_in {
+                v["expires_in"] = e.into();
+            }
+            v
+        };
         let handler = move |req: &HttpRequest| -> Reply {
             let (path, query) = req.path.split_once('?').unwrap_or((&req.path, ""));
             if path != "/token" {
@@ -392,12 +473,12 @@ impl TokenServer {
                     _ => return Reply::status(401),
                 }
                 let scopes: Vec<String> = get("scope").split(' ').map(str::to_owned).collect();
-                let token = sign_jwt(&key, &x5c, &get("service"), &scopes);
+                let token = sign_jwt(&key, &x5c, &get("service"), &scopes, lifetime);
                 let rt = format!("refresh-{}", refresh_tokens.lock().unwrap().len());
                 refresh_tokens.lock().unwrap().push(rt.clone());
-                return json(
-                    serde_json::json!({"access_token": token, "refresh_token": rt, "expires_in": 300}),
-                );
+                return json(reply_json(
+                    serde_json::json!({"access_token": token, "refresh_token": rt}),
+                ));
             }
             g.fetch_add(1, Ordering::SeqCst);
             let want = format!(
@@ -425,8 +506,8 @@ impl TokenServer {
                 .filter(|(k, _)| k == "scope")
                 .map(|(_, v)| v.clone())
                 .collect();
-            let token = sign_jwt(&key, &x5c, &service, &scopes);
-            json(serde_json::json!({"token": token, "expires_in": 300}))
+            let token = sign_jwt(&key, &x5c, &service, &scopes, lifetime);
+            json(reply_json(serde_json::json!({"token": token})))
         };
         let server = FakeServer::start(handler).await;
         TokenServer {
@@ -453,11 +534,14 @@ impl TokenServer {
     }
 }
 
+/// Makes every token distinct, so that a test can tell a renewed token from the old one.
+static JTI: AtomicUsize = AtomicUsize::new(0);
+
 fn b64u(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
-fn sign_jwt(key: &Path, x5c: &str, service: &str, scopes: &[String]) -> String {
+fn sign_jwt(key: &Path, x5c: &str, service: &str, scopes: &[String], lifetime: u64) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -479,8 +563,8 @@ fn sign_jwt(key: &Path, x5c: &str, service: &str, scopes: &[String]) -> String {
     let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5c": [x5c]});
     let claims = serde_json::json!({
         "iss": TOKEN_ISSUER, "sub": "test", "aud": service,
-        "exp": now + 300, "nbf": now - 10, "iat": now,
-        "jti": format!("{now}-{}", scopes.len()), "access": access,
+        "exp": (now + lifetime).saturating_sub(REGISTRY_TOKEN_LEEWAY), "nbf": now - 10, "iat": now,
+        "jti": format!("{now}-{}-{}", scopes.len(), JTI.fetch_add(1, Ordering::SeqCst)), "access": access,
     });
     let input = format!(
         "{}.{}",
@@ -549,4 +633,47 @@ pub async fn push_image(
         .await
         .unwrap();
     (body, d, layer_digest)
+}
+
+/// Sends `req` to the real registry at `upstream` (HTTP/1.0, anonymous) and turns its answer
+/// into a [`Reply`]: what a fault-injecting proxy in front of a registry passes through.
+/// Blocking (handlers run on the blocking pool).
+pub fn forward(upstream: &str, req: &HttpRequest) -> Reply {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(upstream).unwrap();
+    let mut head = format!(
+        "{} {} HTTP/1.0\r\nHost: {upstream}\r\n",
+        req.method, req.path
+    );
+    for name in ["range", "accept"] {
+        if let Some(v) = req.header(name) {
+            head.push_str(&format!("{name}: {v}\r\n"));
+        }
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let text = String::from_utf8_lossy(&resp[..split]).into_owned();
+    let mut lines = text.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| {
+            ["content-range", "content-type", "docker-content-digest"]
+                .iter()
+                .any(|h| k.eq_ignore_ascii_case(h))
+        })
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Reply::Full {
+        status,
+        headers,
+        body: resp[split + 4..].to_vec(),
+    }
 }

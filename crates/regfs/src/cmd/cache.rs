@@ -32,7 +32,7 @@ enum Action {
     /// Evict least recently used chunks until the cache holds at most --max-size.
     Gc {
         /// Size to trim to: bytes, or with a K/M/G/T suffix (powers of 1024); 0 empties the cache.
-        #[arg(long, value_parser = parse_size)]
+        #[arg(long, value_parser = crate::args::parse_size)]
         max_size: u64,
     },
 }
@@ -92,46 +92,4 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `123`, `64K`, `1.5G`… in bytes (binary multiples).
-fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_uppercase() {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                'B' => 0,
-                _ => return Err(format!("unknown size suffix {c:?} in {s:?}")),
-            };
-            (&s[..i], 1u64 << shift)
-        }
-        _ => (s, 1),
-    };
-    let value: f64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
-    let bytes = value * mult as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(format!("size out of range: {s:?}"));
-    }
-    Ok(bytes as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_size;
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("0"), Ok(0));
-        assert_eq!(parse_size("123"), Ok(123));
-        assert_eq!(parse_size("64K"), Ok(64 << 10));
-        assert_eq!(parse_size("1.5g"), Ok(3 << 29));
-        assert_eq!(parse_size("2M"), Ok(2 << 20));
-        assert!(parse_size("-1").is_err());
-        assert!(parse_size("12Q").is_err());
-        assert!(parse_size("").is_err());
-    }
 }
