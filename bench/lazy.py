@@ -20,14 +20,16 @@ content removed), through the testbed's WAN emulator (shaper.py) at --rate Mbit/
                            starts: times only a second `ctr run`, the part of `snapshotter` that
                            is containerd's, runc's and the workload's own
 
-Reports per mode the median of --runs total times to the workload's result (split into mount and
-workload; for the containerd modes `reference` and `snapshotter*`: the rpull, then the `ctr run`), bytes and requests
-regfs fetched (for the snapshotter modes: what its lazy layer mounts fetched, from its metrics
-endpoint; the manifest and config are not in them), as a Markdown table (stdout and --out) and an SVG bar chart (--svg).
+Reports per mode the median of --runs total times to the workload's result (split into mount
+and workload; for the containerd modes `reference` and `snapshotter*`: the rpull, then the `ctr
+run`), bytes and requests regfs fetched (for the snapshotter modes: what its lazy layer mounts
+fetched, from its metrics endpoint; the manifest, config and TOC tails are not in them), as a
+Markdown table (stdout and --out) and an SVG bar chart (--svg).
 
 Needs (see BENCHMARKS.md): the testbed up (registry 127.0.0.1:5000 with the images, containerd),
-target/release/regfs, target/peers/bin (../shared/peers/build.sh run in a copy) for `reference`.
-Loopback only.
+target/release/regfs, target/peers/bin (../shared/peers/build.sh run in a copy) for `reference`,
+containerd and ctr-remote on PATH for `snapshotter*`. REGFS_BENCH_LOGS=DIR keeps each
+snapshotter run's snapshotter and containerd logs there. Loopback only.
 """
 import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 import urllib.request
