@@ -9,17 +9,30 @@ content removed), through the testbed's WAN emulator (shaper.py) at --rate Mbit/
   optimized  `regfs run --rm` of IMAGE:regfs-opt  (regfs optimize with the same workload)
   reference  the reference stargz snapshotter (../shared/peers): `ctr-remote rpull` + `ctr run`
              of IMAGE:esgz-opt (`ctr-remote image optimize`, made by ../shared/testbed/estargz.sh)
+  snapshotter  `regfs snapshotter` as containerd's proxy plugin `regfs`: `ctr-remote image rpull
+             --snapshotter regfs` + `ctr run --snapshotter regfs` of IMAGE:regfs-opt, a fresh
+             snapshotter (empty root and cache, prefetch on) and containerd every run, like
+             `reference`
   optimized-on-ref-image   regfs on IMAGE:esgz-opt   } both tools on the same optimized image,
   reference-on-regfs-image the reference on IMAGE:regfs-opt } each way round
+  snapshotter-on-ref-image `regfs snapshotter` on IMAGE:esgz-opt
+  snapshotter-warm         `snapshotter` with the image pulled and run once before the clock
+                           starts: times only a second `ctr run`, the part of `snapshotter` that
+                           is containerd's, runc's and the workload's own
 
-Reports per mode the median of --runs total times to the workload's result, bytes and requests
-regfs fetched, as a Markdown table (stdout and --out) and an SVG bar chart (--svg).
+Reports per mode the median of --runs total times to the workload's result (split into mount
+and workload; for the containerd modes `reference` and `snapshotter*`: the rpull, then the `ctr
+run`), bytes and requests regfs fetched (for the snapshotter modes: what its lazy layer mounts
+fetched, from its metrics endpoint; the manifest, config and TOC tails are not in them), as a
+Markdown table (stdout and --out) and an SVG bar chart (--svg).
 
 Needs (see BENCHMARKS.md): the testbed up (registry 127.0.0.1:5000 with the images, containerd),
-target/release/regfs, target/peers/bin (../shared/peers/build.sh run in a copy) for `reference`.
-Loopback only.
+target/release/regfs, target/peers/bin (../shared/peers/build.sh run in a copy) for `reference`,
+containerd and ctr-remote on PATH for `snapshotter*`. REGFS_BENCH_LOGS=DIR keeps each
+snapshotter run's snapshotter and containerd logs there. Loopback only.
 """
-import argparse, json, os, shutil, signal, statistics, subprocess, sys, tempfile, time
+import argparse, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get("REGFS_SHARED", os.path.join(os.path.dirname(ROOT), "shared"))
@@ -139,13 +152,120 @@ def run_reference(host, image, cmd, want, tag="esgz-opt"):
     ctr = [sn, "ctr"]
     t0 = time.monotonic()
     sh(ctr + ["images", "rpull", "--plain-http", ref], env=env)
+    pulled = ms(t0)
     out = sh(ctr + ["run", "--rm", "--snapshotter=stargz", ref, f"regfs-bench-ref-{os.getpid()}", *cmd],
              env=env).stdout.strip()
     total = ms(t0)
     sh([sn, "stop"], check=False, env=env)
     if out != want:
         sys.exit(f"reference: unexpected output {out!r}")
-    return {"total": total, "bytes": None, "requests": None}
+    return {"total": total, "bytes": None, "requests": None, "open": pulled, "workload": total - pulled}
+
+
+class RegfsSnapshotter:
+    """A fresh `regfs snapshotter` (empty root and cache) under a containerd of its own, both in a
+    temp dir; `stop` ends both and unmounts whatever is left under the dir."""
+
+    NAMESPACE = "regfs-bench"
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="regfs-bench-snap-")
+        d = self.dir
+        self.sock = os.path.join(d, "containerd.sock")
+        with socket.socket() as s:  # a free loopback port for the metrics endpoint
+            s.bind(("127.0.0.1", 0))
+            self.metrics = f"127.0.0.1:{s.getsockname()[1]}"
+        with open(os.path.join(d, "snapshotter.toml"), "w") as f:
+            f.write(f'cache_dir = "{d}/cache"\nprefetch = true\nbackground_fetch = false\n'
+                    f'hosts_dir = "{d}/certs.d"\nmetrics_address = "{self.metrics}"\n')
+        with open(os.path.join(d, "containerd.toml"), "w") as f:
+            f.write(f"""version = 2
+root = "{d}/ctrd-root"
+state = "{d}/ctrd-state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{self.sock}"
+[ttrpc]
+  address = "{self.sock}.ttrpc"
+[proxy_plugins.regfs]
+  type = "snapshot"
+  address = "{d}/regfs.sock"
+""")
+        self.procs = []
+        self.procs.append(self._start(
+            [REGFS, "snapshotter", "--address", f"{d}/regfs.sock", "--root", f"{d}/root",
+             "--config", f"{d}/snapshotter.toml"], "snapshotter.log"))
+        self._wait(lambda: os.path.exists(f"{d}/regfs.sock"), "regfs snapshotter")
+        self.procs.append(self._start(["containerd", "--config", f"{d}/containerd.toml"], "containerd.log"))
+        self._wait(lambda: os.path.exists(self.sock) and
+                   subprocess.run(self.ctr() + ["version"], capture_output=True).returncode == 0, "containerd")
+
+    def _start(self, cmd, log):
+        out = open(os.path.join(self.dir, log), "w")
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(os.environ, REGFS_LOG=os.environ.get("REGFS_LOG", "regfs=info")))
+
+    def _wait(self, ready, what):
+        for _ in range(100):
+            if ready():
+                return
+            time.sleep(0.05)
+        self.stop()
+        sys.exit(f"{what} did not start")
+
+    def ctr(self, tool="ctr"):
+        return [tool, "--address", self.sock, "--namespace", self.NAMESPACE]
+
+    def fetched(self):
+        """(bytes, requests) the lazy layer mounts fetched, summed from the metrics endpoint."""
+        text = urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=5).read().decode()
+        total = lambda name: sum(int(v) for v in re.findall(rf"^{name}{{[^}}]*}} (\d+)$", text, re.M))
+        return total("regfs_layer_fetched_bytes"), total("regfs_layer_requests_total")
+
+    def stop(self, keep_logs=None):
+        for p in reversed(self.procs):  # containerd first, then the snapshotter
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        with open("/proc/mounts") as f:
+            mounts = [l.split()[1] for l in f if l.split()[1].startswith(self.dir + "/")]
+        for m in sorted(mounts, reverse=True):
+            subprocess.run(["umount", m], capture_output=True).returncode == 0 or \
+                subprocess.run(["umount", "-l", m], capture_output=True)
+        if keep_logs:
+            os.makedirs(keep_logs, exist_ok=True)
+            for log in ("snapshotter.log", "containerd.log"):
+                shutil.copy(os.path.join(self.dir, log), keep_logs)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def run_snapshotter(host, image, cmd, want, tag="regfs-opt", warm=False):
+    """With `warm`, the rpull and a first run happen before the clock starts, and only a second
+    `ctr run` is timed: containerd's, runc's and the workload's own time with every byte local."""
+    sn = RegfsSnapshotter()
+    try:
+        ref = f"{host}/{image}:{tag}"
+        rpull = sn.ctr("ctr-remote") + ["images", "rpull", "--snapshotter", "regfs", "--plain-http", ref]
+        run = sn.ctr() + ["run", "--rm", "--snapshotter", "regfs", ref, f"regfs-bench-snap-{os.getpid()}", *cmd]
+        if warm:
+            sh(rpull)
+            sh(run)
+        drop_caches()
+        t0 = time.monotonic()
+        if not warm:
+            sh(rpull)
+        pulled = ms(t0)
+        out = sh(run).stdout.strip()
+        total = ms(t0)
+        fetched, requests = sn.fetched()
+    finally:
+        sn.stop(keep_logs=os.environ.get("REGFS_BENCH_LOGS"))
+    if out != want:
+        sys.exit(f"snapshotter {tag}: unexpected output {out!r}")
+    return {"total": total, "bytes": fetched, "requests": requests, "open": pulled, "workload": total - pulled}
 
 
 def svg_chart(rows, path):
@@ -153,7 +273,8 @@ def svg_chart(rows, path):
     width, bar_h, gap, left = 760, 22, 8, 190
     vmax = max(r["total"] for r in rows) or 1
     h = 40 + len(rows) * (bar_h + gap)
-    colors = {"classic": "#9e9e9e", "lazy": "#64b5f6", "optimized": "#1565c0", "reference": "#ffb74d"}
+    colors = {"classic": "#9e9e9e", "lazy": "#64b5f6", "optimized": "#1565c0", "reference": "#ffb74d",
+              "snapshotter": "#2e7d32"}
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" font-family="sans-serif" font-size="12">',
              f'<text x="10" y="20" font-size="14">time to the workload\'s result (median, ms; lower is better)</text>']
     for i, r in enumerate(rows):
@@ -212,6 +333,12 @@ def main():
                         r = run_regfs(host, image, "esgz-opt", cmd, want)
                     elif mode == "reference-on-regfs-image":
                         r = run_reference(host, image, cmd, want, tag="regfs-opt")
+                    elif mode == "snapshotter":
+                        r = run_snapshotter(host, image, cmd, want)
+                    elif mode == "snapshotter-warm":
+                        r = run_snapshotter(host, image, cmd, want, warm=True)
+                    elif mode == "snapshotter-on-ref-image":
+                        r = run_snapshotter(host, image, cmd, want, tag="esgz-opt")
                     else:
                         sys.exit(f"unknown mode {mode}")
                     results[mode].append(r)
