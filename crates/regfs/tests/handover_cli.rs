@@ -43,29 +43,30 @@ fn sha(data: &[u8]) -> [u8; 32] {
     Sha256::digest(data).into()
 }
 
-/// Reads and verifies `path`; `None` = fine, `Some(errno)` for an EIO.
+/// Reads and verifies `path`.
 fn check(path: &Path, want: &[u8; 32], tally: &Tally) {
     let started = Instant::now();
     let got = std::fs::read(path);
     let ms = started.elapsed().as_millis() as u64;
     tally.slowest_ms.fetch_max(ms, Ordering::Relaxed);
+    count(&path.display().to_string(), got, want, tally);
+}
+
+/// Counts one read of `what`: right bytes, EIO (allowed while a server dies) or anything else.
+fn count(what: &str, got: std::io::Result<Vec<u8>>, want: &[u8; 32], tally: &Tally) {
     match got {
         Ok(data) if sha(&data) == *want => {
             tally.ok.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(data) => tally.bad.lock().unwrap().push(format!(
-            "{}: wrong bytes ({} bytes read)",
-            path.display(),
-            data.len()
-        )),
-        Err(e) if e.raw_os_error() == Some(libc::EIO) => {
-            tally.eio.fetch_add(1, Ordering::Relaxed);
-        }
-        Err(e) => tally
+        Ok(data) => tally
             .bad
             .lock()
             .unwrap()
-            .push(format!("{}: {e}", path.display())),
+            .push(format!("{what}: wrong bytes ({} bytes read)", data.len())),
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+            tally.eio.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => tally.bad.lock().unwrap().push(format!("{what}: {e}")),
     }
 }
 
@@ -98,25 +99,14 @@ impl Readers {
                         let mut data = Vec::new();
                         let read = held
                             .seek(SeekFrom::Start(0))
-                            .and_then(|_| held.read_to_end(&mut data));
-                        match read {
-                            Ok(_) if sha(&data) == held_sha => {
-                                tally.ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(_) => tally
-                                .bad
-                                .lock()
-                                .unwrap()
-                                .push(format!("held {}: wrong bytes", held_path.display())),
-                            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
-                                tally.eio.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => tally
-                                .bad
-                                .lock()
-                                .unwrap()
-                                .push(format!("held {}: {e}", held_path.display())),
-                        }
+                            .and_then(|_| held.read_to_end(&mut data))
+                            .map(|_| data);
+                        count(
+                            &format!("held {}", held_path.display()),
+                            read,
+                            &held_sha,
+                            &tally,
+                        );
                     }
                 })
             })

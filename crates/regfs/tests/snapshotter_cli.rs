@@ -212,25 +212,28 @@ fn run_cat(ctrd: &regfs_testkit::Containerd, reference: &str, id: &str) -> Strin
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Writes an OCI layout (tag `v1`, gzip layers) of a busybox base layer and an app layer with
+/// `app/hello.txt` (what the workloads read) and a big incompressible `app/big.bin` (never
+/// read: a lazy pull must not fetch it); returns the two tars.
+fn app_layout(dir: &Path, hello: &[u8], seed: u64) -> [Vec<u8>; 2] {
+    let big = noise(BIG, seed);
+    let tars = [
+        busybox_tar(&[]),
+        files_tar(&[("app/hello.txt", hello), ("app/big.bin", &big)]),
+    ];
+    let layers: Vec<LayoutLayer> = tars.iter().map(|t| LayoutLayer::gzip(t)).collect();
+    write_layout(dir, "v1", &layers, &["/bin/sh"]);
+    tars
+}
+
 #[test]
 fn containerd_runs_images_lazily_through_regfs_snapshotter() {
     require_fuse();
     let work = scratch();
     let reg = Registry::start();
 
-    // A busybox base layer and an app layer with a small file the workload reads and a big
-    // one it never reads.
-    let big = noise(BIG, 77);
-    let tars = [
-        busybox_tar(&[]),
-        files_tar(&[
-            ("app/hello.txt", b"hello from a lazy layer\n"),
-            ("app/big.bin", &big),
-        ]),
-    ];
     let layout = work.path().join("layout");
-    let layers: Vec<LayoutLayer> = tars.iter().map(|t| LayoutLayer::gzip(t)).collect();
-    write_layout(&layout, "v1", &layers, &["/bin/sh"]);
+    app_layout(&layout, b"hello from a lazy layer\n", 77);
     let plain = format!("{}/snap:plain", reg.addr);
     skopeo_push(&layout, "v1", &plain);
     let ours = format!("{}/snap:regfs", reg.addr);
@@ -441,17 +444,8 @@ fn cri_proxy_hands_kubelets_pull_credentials_to_the_lazy_layers() {
     let work = scratch();
     // A private registry: every request needs the pull secret, the snapshotter's lazy ones too.
     let reg = Registry::start_basic_auth(USER, PASS);
-    let big = noise(BIG, 78);
-    let tars = [
-        busybox_tar(&[]),
-        files_tar(&[
-            ("app/hello.txt", b"hello from a private lazy layer\n"),
-            ("app/big.bin", &big),
-        ]),
-    ];
     let layout = work.path().join("layout");
-    let layers: Vec<LayoutLayer> = tars.iter().map(|t| LayoutLayer::gzip(t)).collect();
-    write_layout(&layout, "v1", &layers, &["/bin/sh"]);
+    let tars = app_layout(&layout, b"hello from a private lazy layer\n", 78);
     // The control image differs in its app layer, so containerd has to prepare that one again.
     let other = files_tar(&[("app/hello.txt", b"the control image\n")]);
     let control = work.path().join("control");
