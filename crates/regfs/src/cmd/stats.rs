@@ -33,9 +33,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         s(&report, "manifestDigest").as_str().unwrap_or("")
     );
     println!(
-        "mounted in {} ms, fallbacks {}",
+        "mounted in {} ms, fallbacks {}, served by pid {} (restarts {})",
         n(&report, "openMs"),
-        n(&report, "fallbacks")
+        n(&report, "fallbacks"),
+        n(&report, "serverPid"),
+        n(&report, "restarts")
     );
     println!(
         "{:<20} {:>10} {:>10} {:>6} {:>8} {:>6} {:>6} {:>11} {:>5}",
