@@ -238,40 +238,71 @@ pub(crate) async fn docker_credentials(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(cred_err(format!("reading {}: {e}", path.display()))),
     };
-    let cfg: DockerConfig = serde_json::from_str(&text)
-        .map_err(|e| cred_err(format!("parsing {}: {e}", path.display())))?;
+    match lookup_docker_config(&text, host)
+        .map_err(|e| cred_err(format!("{}: {e}", path.display())))?
+    {
+        ConfigAnswer::Credentials(c) => Ok(Some(c)),
+        ConfigAnswer::Helper(helper) => run_helper(&helper, host).await,
+        ConfigAnswer::Nothing => Ok(None),
+    }
+}
+
+/// What a docker `config.json` says about one registry.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ConfigAnswer {
+    /// Credentials written in the file.
+    Credentials(Credentials),
+    /// Ask `docker-credential-<name>`.
+    Helper(String),
+    /// Nothing for this registry.
+    Nothing,
+}
+
+/// Reads the docker config `text` for `host` (first match wins: `credHelpers`, `auths`,
+/// `credsStore`). Errors say what is wrong, without the path (the caller adds it).
+pub(crate) fn lookup_docker_config(text: &str, host: &str) -> Result<ConfigAnswer, String> {
+    let cfg: DockerConfig = serde_json::from_str(text).map_err(|e| format!("parsing: {e}"))?;
     if let Some((_, helper)) = cfg.cred_helpers.iter().find(|(k, _)| key_host(k) == host) {
-        return run_helper(helper, host).await;
+        return Ok(ConfigAnswer::Helper(helper.clone()));
     }
     if let Some((_, a)) = cfg.auths.iter().find(|(k, _)| key_host(k) == host) {
         if let Some(tok) = a.identitytoken.as_ref().filter(|t| !t.is_empty()) {
-            return Ok(Some(Credentials::IdentityToken(tok.clone())));
+            return Ok(ConfigAnswer::Credentials(Credentials::IdentityToken(
+                tok.clone(),
+            )));
         }
         if let Some(enc) = a.auth.as_ref().filter(|t| !t.is_empty()) {
-            let raw = base64::engine::general_purpose::STANDARD
-                .decode(enc.trim())
-                .map_err(|e| cred_err(format!("auth in {} is not base64: {e}", path.display())))?;
-            let raw = String::from_utf8(raw)
-                .map_err(|_| cred_err(format!("auth in {} is not utf-8", path.display())))?;
-            let (u, p) = raw
-                .split_once(':')
-                .ok_or_else(|| cred_err(format!("auth in {} has no ':'", path.display())))?;
-            return Ok(Some(Credentials::UserPassword {
-                username: u.to_owned(),
-                password: p.to_owned(),
-            }));
+            return Credentials::from_basic_auth(enc).map(ConfigAnswer::Credentials);
         }
         if let (Some(u), Some(p)) = (&a.username, &a.password) {
-            return Ok(Some(Credentials::UserPassword {
+            return Ok(ConfigAnswer::Credentials(Credentials::UserPassword {
                 username: u.clone(),
                 password: p.clone(),
             }));
         }
     }
     if let Some(store) = cfg.creds_store.as_ref().filter(|s| !s.is_empty()) {
-        return run_helper(store, host).await;
+        return Ok(ConfigAnswer::Helper(store.clone()));
     }
-    Ok(None)
+    Ok(ConfigAnswer::Nothing)
+}
+
+impl Credentials {
+    /// The `auth` field of docker's config (and of a CRI `AuthConfig`): base64 of
+    /// `user:password`.
+    pub fn from_basic_auth(encoded: &str) -> Result<Credentials, String> {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|e| format!("auth is not base64: {e}"))?;
+        let raw = String::from_utf8(raw).map_err(|_| "auth is not UTF-8".to_owned())?;
+        let (username, password) = raw
+            .split_once(':')
+            .ok_or_else(|| "auth is not base64 of user:password (no ':')".to_owned())?;
+        Ok(Credentials::UserPassword {
+            username: username.to_owned(),
+            password: password.to_owned(),
+        })
+    }
 }
 
 /// `docker-credential-<name> get` with the server URL on stdin; "not found" is `None`.
@@ -344,6 +375,47 @@ async fn run_helper(name: &str, host: &str) -> Result<Option<Credentials>, Error
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_config_lookup_order_and_errors() {
+        let cfg = r#"{"auths":{"https://index.docker.io/v1/":{"auth":"dTpw"},
+            "a.example":{"identitytoken":"tok","auth":"dTpw"},
+            "b.example":{"auth":"%%"},
+            "c.example:5000":{"username":"u","password":"p"}},
+            "credHelpers":{"a.example":"pass"},"credsStore":"desktop"}"#;
+        let user = ConfigAnswer::Credentials(Credentials::UserPassword {
+            username: "u".into(),
+            password: "p".into(),
+        });
+        assert_eq!(lookup_docker_config(cfg, "docker.io"), Ok(user));
+        // credHelpers wins over auths for the same host.
+        assert_eq!(
+            lookup_docker_config(cfg, "a.example"),
+            Ok(ConfigAnswer::Helper("pass".into()))
+        );
+        let err = lookup_docker_config(cfg, "b.example").unwrap_err();
+        assert!(err.contains("base64"), "{err}");
+        assert!(matches!(
+            lookup_docker_config(cfg, "c.example:5000"),
+            Ok(ConfigAnswer::Credentials(_))
+        ));
+        // Unknown host: the default store.
+        assert_eq!(
+            lookup_docker_config(cfg, "d.example"),
+            Ok(ConfigAnswer::Helper("desktop".into()))
+        );
+        assert_eq!(lookup_docker_config("{}", "x"), Ok(ConfigAnswer::Nothing));
+        assert!(
+            lookup_docker_config("[", "x")
+                .unwrap_err()
+                .contains("parsing")
+        );
+        assert!(
+            Credentials::from_basic_auth("dXNlcg==")
+                .unwrap_err()
+                .contains("user:password")
+        );
+    }
 
     #[test]
     fn the_repository_of_a_scope() {

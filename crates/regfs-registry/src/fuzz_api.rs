@@ -8,7 +8,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-use crate::auth::{Challenge, TokenReply, parse_challenge};
+use crate::auth::{Challenge, ConfigAnswer, TokenReply, lookup_docker_config, parse_challenge};
 use crate::hosts::parse_hosts;
 use crate::manifest::{media_type_of, parse_config, parse_manifest, pick_from_index};
 use crate::range::{multipart_boundary, parse_content_range, parse_multipart, slice_from_parts};
@@ -93,4 +93,14 @@ pub fn config(body: &[u8]) -> Result<(), Error> {
         digest: None,
     };
     parse_config(body, &Digest::sha256(body), &r).map(drop)
+}
+
+/// A docker `config.json` looked up for `host`: `Ok(Some(true))` credentials, `Ok(Some(false))`
+/// a helper to run, `Ok(None)` nothing, `Err` the reason it does not parse.
+pub fn docker_config(text: &str, host: &str) -> Result<Option<bool>, String> {
+    lookup_docker_config(text, host).map(|a| match a {
+        ConfigAnswer::Credentials(_) => Some(true),
+        ConfigAnswer::Helper(_) => Some(false),
+        ConfigAnswer::Nothing => None,
+    })
 }

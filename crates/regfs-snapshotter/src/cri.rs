@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
-use base64::Engine as _;
 use bytes::{Buf, BufMut, Bytes};
 use futures::future::BoxFuture;
 use prost::Message as _;
@@ -162,17 +161,7 @@ pub fn credentials_of(auth: &api::AuthConfig) -> Result<Option<Credentials>, Str
         )));
     }
     if !auth.auth.is_empty() {
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(auth.auth.trim())
-            .map_err(|e| format!("auth is not base64: {e}"))?;
-        let text = String::from_utf8(raw).map_err(|_| "auth is not UTF-8".to_owned())?;
-        let (username, password) = text
-            .split_once(':')
-            .ok_or_else(|| "auth is not base64 of user:password".to_owned())?;
-        return Ok(Some(Credentials::UserPassword {
-            username: username.to_owned(),
-            password: password.to_owned(),
-        }));
+        return Credentials::from_basic_auth(&auth.auth).map(Some);
     }
     if !auth.registry_token.is_empty() {
         return Err(
