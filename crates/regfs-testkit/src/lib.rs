@@ -6,7 +6,8 @@
 //! - [`Containerd`]: Debian's containerd + runc with their own root, state and socket in a temp
 //!   dir (CRI off, isolated content), stopped on drop; extra config (a proxy snapshotter) can be
 //!   appended.
-//! - [`TokenServer`]: a docker token server whose tokens live as long as a test says.
+//! - [`TokenServer`]: a docker token server (GET and OAuth2 POST, refresh tokens) whose tokens
+//!   live as long as [`TokenOptions`] say, with counters of what clients asked.
 //! - [`pattern`]: deterministic pseudo-random bytes; [`gzip`] / [`gunzip_all`].
 //! - [`which`], [`require_tool`], [`require_root`], [`free_port`]: the environment checks.
 //!
@@ -32,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 pub use containerd::{Containerd, mounts_under, run_ok};
 pub use registry::{Auth, Registry, RegistryConfig, http_get};
-pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenServer};
+pub use token::{TOKEN_ISSUER, TOKEN_SERVICE, TokenOptions, TokenServer};
 
 /// Deterministic pseudo-random bytes (xorshift): contents differ between files and offsets, and
 /// compression has work to do.

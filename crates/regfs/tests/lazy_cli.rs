@@ -143,6 +143,21 @@ fn push_converted(work: &Path, tars: &[Vec<u8>], reference: &str, extra: &[&str]
     convert_image(&format!("oci:{}:v1", layout.display()), reference, &args)
 }
 
+/// A fresh registry serving `REGISTRY/repo:v1`, one layer holding `big.bin`: `len` bytes of
+/// noise from `seed`. Returns the registry (stopped on drop), the reference and the bytes.
+fn big_file_image(
+    work: &Path,
+    repo: &str,
+    len: usize,
+    seed: u64,
+) -> (Registry, String, Arc<Vec<u8>>) {
+    let reg = Registry::start();
+    let data = Arc::new(noise(len, seed));
+    let reference = format!("{}/{repo}:v1", reg.addr);
+    push_converted(work, &[files_tar(&[("big.bin", &data)])], &reference, &[]);
+    (reg, reference, data)
+}
+
 fn layer_digests(summary: &Value) -> Vec<String> {
     summary["layers"]
         .as_array()
@@ -423,15 +438,7 @@ fn prefetch_caches_the_prioritized_files_and_no_prefetch_fetches_on_read() {
 fn sixty_four_threads_of_random_reads_see_the_original_bytes() {
     require_fuse();
     let work = scratch();
-    let reg = Registry::start();
-    let data = Arc::new(noise(2 << 20, 42));
-    let reference = format!("{}/threads:v1", reg.addr);
-    push_converted(
-        work.path(),
-        &[files_tar(&[("big.bin", &data)])],
-        &reference,
-        &[],
-    );
+    let (_reg, reference, data) = big_file_image(work.path(), "threads", 2 << 20, 42);
     let mnt = work.path().join("mnt");
     let m = Mount::start(
         &reference,
@@ -585,15 +592,7 @@ fn registry_down_gives_eio_and_reads_recover_after_restart() {
 fn umount_with_reads_in_flight_ends_the_mount_process() {
     require_fuse();
     let work = scratch();
-    let reg = Registry::start();
-    let data = noise(4 << 20, 9);
-    let reference = format!("{}/busy:v1", reg.addr);
-    push_converted(
-        work.path(),
-        &[files_tar(&[("big.bin", &data)])],
-        &reference,
-        &[],
-    );
+    let (_reg, reference, _data) = big_file_image(work.path(), "busy", 4 << 20, 9);
     let mnt = work.path().join("mnt");
     let m = Mount::start(
         &reference,
@@ -854,15 +853,7 @@ fn random_reads(file: &Arc<fs::File>, data: &Arc<Vec<u8>>, threads: u64, rounds:
 fn capped_cache_shared_by_two_mounts_with_concurrent_gc_serves_every_read() {
     require_fuse();
     let work = scratch();
-    let reg = Registry::start();
-    let data = Arc::new(noise(3 << 20, 51));
-    let reference = format!("{}/pressure:v1", reg.addr);
-    push_converted(
-        work.path(),
-        &[files_tar(&[("big.bin", &data)])],
-        &reference,
-        &[],
-    );
+    let (_reg, reference, data) = big_file_image(work.path(), "pressure", 3 << 20, 51);
     const CAP: u64 = 512 << 10;
     let cache = cache_arg(work.path(), "pressure");
     let mounts: Vec<Mount> = ["a", "b"]
@@ -939,15 +930,7 @@ fn capped_cache_shared_by_two_mounts_with_concurrent_gc_serves_every_read() {
 fn full_cache_disk_never_fails_a_read() {
     require_fuse();
     let work = scratch();
-    let reg = Registry::start();
-    let data = Arc::new(noise(3 << 20, 61));
-    let reference = format!("{}/diskfull:v1", reg.addr);
-    push_converted(
-        work.path(),
-        &[files_tar(&[("big.bin", &data)])],
-        &reference,
-        &[],
-    );
+    let (_reg, reference, data) = big_file_image(work.path(), "diskfull", 3 << 20, 61);
     let cache = work.path().join("tiny-cache");
     fs::create_dir_all(&cache).expect("cache dir");
     run_ok(
@@ -982,7 +965,14 @@ fn mount_reads_through_several_token_lifetimes_without_a_failed_read() {
     use base64::Engine as _;
     require_fuse();
     let work = scratch();
-    let tokens = regfs_testkit::TokenServer::start("reader", "pw", 3);
+    // POSTs get 404: the mount fetches every token by GET, as from an old token server.
+    let tokens = regfs_testkit::TokenServer::start(regfs_testkit::TokenOptions {
+        user: "reader".into(),
+        password: "pw".into(),
+        post: false,
+        lifetime: 3,
+        expires_in: Some(3),
+    });
     let reg = regfs_testkit::Registry::start_with(regfs_testkit::RegistryConfig {
         auth: tokens.registry_auth(),
         ..Default::default()
@@ -1029,7 +1019,7 @@ fn mount_reads_through_several_token_lifetimes_without_a_failed_read() {
         .parse()
         .expect("mount --daemon prints its pid");
     let m = Mount { dir: mnt, pid };
-    let before = tokens.issued.load(Ordering::SeqCst);
+    let before = tokens.issued();
     let file = fs::File::open(m.dir.join("big.bin")).expect("open big.bin");
     let part = 3 << 20 >> 6; // 48 KiB: 64 parts, 52 read over 13 s
     for i in 0..52usize {
@@ -1040,7 +1030,7 @@ fn mount_reads_through_several_token_lifetimes_without_a_failed_read() {
         assert!(buf == data[off..off + part], "bytes at {off} differ");
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
-    let renewed = tokens.issued.load(Ordering::SeqCst) - before;
+    let renewed = tokens.issued() - before;
     assert!(renewed >= 3, "only {renewed} tokens issued while reading");
     drop(file);
     m.umount();

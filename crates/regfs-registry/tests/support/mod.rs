@@ -1,23 +1,23 @@
 //! Test support: a real Debian `docker-registry` on a free loopback port (anonymous, htpasswd or
-//! token auth), a token server that signs JWTs with the `openssl` CLI, and a tiny hand-written
-//! HTTP/1.1 server for fault injection. Each test binary uses a subset, hence the allow.
+//! token auth; the token server is the testkit's), and a tiny hand-written HTTP/1.1 server for
+//! fault injection. Each test binary uses a subset, hence the allow.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
 use regfs_registry::{Client, ClientConfig, Digest, Reference, RetryPolicy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 // Each test binary uses a subset.
 #[allow(unused_imports)]
-pub use regfs_testkit::{Auth, free_port, pattern, require_tool};
+pub use regfs_testkit::{
+    Auth, TOKEN_SERVICE, TokenOptions, TokenServer, free_port, pattern, require_tool,
+};
 
 /// Client config for tests: fast retries, explicit empty docker config dir.
 pub fn test_config(docker_dir: &Path) -> ClientConfig {
@@ -350,244 +350,6 @@ async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<HttpRequest> {
         headers,
         body,
     })
-}
-
-/// Options of [`TokenServer`].
-pub struct TokenOptions {
-    pub user: String,
-    pub password: String,
-    /// Answer OAuth2 POSTs; when false, POST gets 404 (old token servers).
-    pub post: bool,
-    /// How long the registry accepts a token, in seconds.
-    pub lifetime: u64,
-    /// The `expires_in` the replies announce (`None`: no field, the client assumes 60 s).
-    pub expires_in: Option<u64>,
-}
-
-impl Default for TokenOptions {
-    fn default() -> TokenOptions {
-        TokenOptions {
-            user: String::new(),
-            password: String::new(),
-            post: true,
-            lifetime: 300,
-            expires_in: Some(300),
-        }
-    }
-}
-
-/// The clock-skew allowance of distribution's token check: a token stays valid this long past
-/// its `exp`. A token server that wants tokens to die after `lifetime` seconds sets `exp` this
-/// much earlier.
-pub const REGISTRY_TOKEN_LEEWAY: u64 = 60;
-
-/// A docker token server: GET with Basic, POST password and refresh_token grants; JWTs signed
-/// with a throwaway RSA key through the `openssl` CLI, the certificate in `x5c`.
-pub struct TokenServer {
-    pub server: FakeServer,
-    pub cert: PathBuf,
-    pub posts: Arc<AtomicUsize>,
-    pub refresh_posts: Arc<AtomicUsize>,
-    pub gets: Arc<AtomicUsize>,
-    _dir: tempfile::TempDir,
-}
-
-pub const TOKEN_SERVICE: &str = "regfs-test-registry";
-pub const TOKEN_ISSUER: &str = "regfs-test-issuer";
-
-impl TokenServer {
-    pub async fn start(opts: TokenOptions) -> TokenServer {
-        require_tool("openssl", "openssl");
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("token.key");
-        let cert = dir.path().join("token.crt");
-        let st = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-            ])
-            .arg(format!("/CN={TOKEN_ISSUER}"))
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(st.success(), "openssl req failed");
-        let der = Command::new("openssl")
-            .args(["x509", "-outform", "DER", "-in"])
-            .arg(&cert)
-            .output()
-            .unwrap()
-            .stdout;
-        let x5c = base64::engine::general_purpose::STANDARD.encode(der);
-        let posts = Arc::new(AtomicUsize::new(0));
-        let refresh_posts = Arc::new(AtomicUsize::new(0));
-        let gets = Arc::new(AtomicUsize::new(0));
-        let refresh_tokens: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (p, rp, g) = (posts.clone(), refresh_posts.clone(), gets.clone());
-        let (lifetime, expires_in) = (opts.lifetime, opts.expires_in);
-        let reply_json = move |mut v: serde_json::Value| {
-            if let Some(e) = expires_in {
-                v["expires_in"] = e.into();
-            }
-            v
-        };
-        let handler = move |req: &HttpRequest| -> Reply {
-            let (path, query) = req.path.split_once('?').unwrap_or((&req.path, ""));
-            if path != "/token" {
-                return Reply::status(404);
-            }
-            let json = |v: serde_json::Value| {
-                Reply::with(
-                    200,
-                    &[("Content-Type", "application/json")],
-                    v.to_string().into_bytes(),
-                )
-            };
-            if req.method == "POST" {
-                if !opts.post {
-                    return Reply::status(404);
-                }
-                p.fetch_add(1, Ordering::SeqCst);
-                let form: Vec<(String, String)> = url::form_urlencoded::parse(&req.body)
-                    .into_owned()
-                    .collect();
-                let get = |k: &str| {
-                    form.iter()
-                        .find(|(a, _)| a == k)
-                        .map(|(_, v)| v.clone())
-                        .unwrap_or_default()
-                };
-                match get("grant_type").as_str() {
-                    "password"
-                        if get("username") == opts.user && get("password") == opts.password => {}
-                    "refresh_token"
-                        if refresh_tokens
-                            .lock()
-                            .unwrap()
-                            .contains(&get("refresh_token")) =>
-                    {
-                        rp.fetch_add(1, Ordering::SeqCst);
-                    }
-                    _ => return Reply::status(401),
-                }
-                let scopes: Vec<String> = get("scope").split(' ').map(str::to_owned).collect();
-                let token = sign_jwt(&key, &x5c, &get("service"), &scopes, lifetime);
-                let rt = format!("refresh-{}", refresh_tokens.lock().unwrap().len());
-                refresh_tokens.lock().unwrap().push(rt.clone());
-                return json(reply_json(
-                    serde_json::json!({"access_token": token, "refresh_token": rt}),
-                ));
-            }
-            g.fetch_add(1, Ordering::SeqCst);
-            let want = format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD
-                    .encode(format!("{}:{}", opts.user, opts.password))
-            );
-            if req.header("authorization") != Some(want.as_str()) {
-                return Reply::with(
-                    401,
-                    &[("WWW-Authenticate", "Basic realm=\"token\"")],
-                    vec![],
-                );
-            }
-            let q: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
-                .into_owned()
-                .collect();
-            let service = q
-                .iter()
-                .find(|(k, _)| k == "service")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default();
-            let scopes: Vec<String> = q
-                .iter()
-                .filter(|(k, _)| k == "scope")
-                .map(|(_, v)| v.clone())
-                .collect();
-            let token = sign_jwt(&key, &x5c, &service, &scopes, lifetime);
-            json(reply_json(serde_json::json!({"token": token})))
-        };
-        let server = FakeServer::start(handler).await;
-        TokenServer {
-            server,
-            cert,
-            posts,
-            refresh_posts,
-            gets,
-            _dir: dir,
-        }
-    }
-
-    pub fn realm(&self) -> String {
-        format!("http://{}/token", self.server.host())
-    }
-
-    pub fn registry_auth(&self) -> Auth {
-        Auth::Token {
-            realm: self.realm(),
-            service: TOKEN_SERVICE.into(),
-            issuer: TOKEN_ISSUER.into(),
-            cert: self.cert.clone(),
-        }
-    }
-}
-
-/// Makes every token distinct, so that a test can tell a renewed token from the old one.
-static JTI: AtomicUsize = AtomicUsize::new(0);
-
-fn b64u(b: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
-}
-
-fn sign_jwt(key: &Path, x5c: &str, service: &str, scopes: &[String], lifetime: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let access: Vec<serde_json::Value> = scopes
-        .iter()
-        .flat_map(|s| s.split(' '))
-        .filter_map(|s| {
-            let parts: Vec<&str> = s.split(':').collect();
-            (parts.len() >= 3).then(|| {
-                serde_json::json!({
-                    "type": parts[0],
-                    "name": parts[1..parts.len() - 1].join(":"),
-                    "actions": parts[parts.len() - 1].split(',').collect::<Vec<_>>(),
-                })
-            })
-        })
-        .collect();
-    let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5c": [x5c]});
-    let claims = serde_json::json!({
-        "iss": TOKEN_ISSUER, "sub": "test", "aud": service,
-        "exp": (now + lifetime).saturating_sub(REGISTRY_TOKEN_LEEWAY), "nbf": now - 10, "iat": now,
-        "jti": format!("{now}-{}-{}", scopes.len(), JTI.fetch_add(1, Ordering::SeqCst)), "access": access,
-    });
-    let input = format!(
-        "{}.{}",
-        b64u(header.to_string().as_bytes()),
-        b64u(claims.to_string().as_bytes())
-    );
-    let mut child = Command::new("openssl")
-        .args(["dgst", "-sha256", "-sign"])
-        .arg(key)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "openssl dgst failed");
-    format!("{input}.{}", b64u(&out.stdout))
 }
 
 /// A tiny image: config (for `arch`) plus one layer blob, pushed; returns the manifest bytes,
