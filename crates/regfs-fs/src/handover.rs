@@ -191,6 +191,37 @@ pub fn serve_device(
     })
 }
 
+/// Serves `fs` on the kept connection `device`, as a server started by the [`keep`]er does:
+/// [`Start::Fresh`] mounts it on `dir` and records the kernel's INIT in the file `record`;
+/// [`Start::Takeover`] replays the INIT recorded there.
+pub fn serve_kept(
+    fs: Arc<ImageFs>,
+    device: OwnedFd,
+    dir: &Path,
+    opts: &MountOptions,
+    record: &Path,
+    start: Start,
+) -> Result<MountGuard, Error> {
+    let init = match start {
+        Start::Takeover => {
+            let bytes = std::fs::read(record)
+                .map_err(|e| Error::mount("reading the INIT record", record, e))?;
+            InitRequest::from_bytes(bytes)?
+        }
+        Start::Fresh => {
+            let init = mount_device(device.as_fd(), dir, opts)?;
+            if let Some(parent) = record.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| Error::mount("creating the directory of", record, e))?;
+            }
+            std::fs::write(record, init.as_bytes())
+                .map_err(|e| Error::mount("writing the INIT record", record, e))?;
+            init
+        }
+    };
+    serve_device(fs, device, dir, opts, &init, start)
+}
+
 /// Makes the session's handshake socket refer to `device` instead, keeping its fd number, so
 /// that the session (which owns that number) reads the device from now on.
 #[allow(unsafe_code)] // dup2 onto an fd owned elsewhere; see the SAFETY comment

@@ -171,7 +171,7 @@ fn serve_device(
     options: &regfs_fs::MountOptions,
     init_record: &Path,
 ) -> anyhow::Result<regfs_fs::MountGuard> {
-    use regfs_fs::handover::{InitRequest, Start, mount_device};
+    use regfs_fs::handover::{Start, serve_kept};
     use std::os::fd::AsFd;
     let device = std::io::stdin()
         .as_fd()
@@ -179,23 +179,17 @@ fn serve_device(
         .context("taking the FUSE device from stdin")?;
     let devnull = std::fs::File::open("/dev/null")?;
     nix::unistd::dup2_stdin(&devnull)?;
-    let (init, start) = if args.takeover {
-        let bytes = std::fs::read(init_record)
-            .with_context(|| format!("reading the INIT record {}", init_record.display()))?;
-        (InitRequest::from_bytes(bytes)?, Start::Takeover)
+    let start = if args.takeover {
+        Start::Takeover
     } else {
-        let init = mount_device(device.as_fd(), &args.dir, options)?;
-        std::fs::create_dir_all(control::RUN_DIR)?;
-        std::fs::write(init_record, init.as_bytes())
-            .with_context(|| format!("writing {}", init_record.display()))?;
-        (init, Start::Fresh)
+        Start::Fresh
     };
-    Ok(regfs_fs::handover::serve_device(
+    Ok(serve_kept(
         image.fs.clone(),
         device,
         &args.dir,
         options,
-        &init,
+        init_record,
         start,
     )?)
 }
@@ -214,7 +208,7 @@ fn keeper(dir: &Path) -> anyhow::Result<ExitCode> {
     let dir = canon.as_path();
     let device = open_device()?;
     std::fs::create_dir_all(control::RUN_DIR)?;
-    let pid_file = control::canonical_socket_path(dir).with_extension("keeper");
+    let pid_file = keeper_pid_path(dir);
     std::fs::write(&pid_file, std::process::id().to_string())?;
     let kept = keep(
         device,
@@ -244,14 +238,19 @@ fn keeper(dir: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn keeper_pid_path(dir: &Path) -> anyhow::Result<PathBuf> {
-    Ok(control::socket_path(dir)?.with_extension("keeper"))
+/// Where the keeper of the mount on the canonical path `dir` writes its pid.
+fn keeper_pid_path(dir: &Path) -> PathBuf {
+    control::canonical_socket_path(dir).with_extension("keeper")
 }
 
 /// `regfs takeover DIR`: tells the mount's keeper to start a server from the binary
 /// installed now and hand the connection over to it.
 pub fn takeover(args: TakeoverArgs) -> anyhow::Result<ExitCode> {
-    let path = keeper_pid_path(&args.dir)?;
+    let dir = args
+        .dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", args.dir.display()))?;
+    let path = keeper_pid_path(&dir);
     let pid: i32 = std::fs::read_to_string(&path)
         .with_context(|| {
             format!(
