@@ -450,32 +450,7 @@ fn sixty_four_threads_of_random_reads_see_the_original_bytes() {
         ],
     );
     let file = Arc::new(fs::File::open(mnt.join("big.bin")).expect("open big.bin"));
-    let threads: Vec<_> = (0..64u64)
-        .map(|t| {
-            let (file, data) = (file.clone(), data.clone());
-            std::thread::spawn(move || {
-                let mut x = t * 2654435761 + 1;
-                for _ in 0..40 {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    let off = (x % data.len() as u64) as usize;
-                    let len = ((x >> 32) % 200_000) as usize + 1;
-                    let len = len.min(data.len() - off);
-                    let mut buf = vec![0u8; len];
-                    file.read_exact_at(&mut buf, off as u64)
-                        .unwrap_or_else(|e| panic!("thread {t}: pread {len} at {off}: {e}"));
-                    assert!(
-                        buf == data[off..off + len],
-                        "thread {t}: bytes at {off}+{len} differ"
-                    );
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("reader thread");
-    }
+    random_reads(&file, &data, 64, 40, 0, 200_000);
     drop(file);
     m.umount();
 }
@@ -816,8 +791,16 @@ fn metrics_address_serves_prometheus_text() {
     m.umount();
 }
 
-/// Random `pread`s of `file` checked against `data`, on `threads` threads of `rounds` reads.
-fn random_reads(file: &Arc<fs::File>, data: &Arc<Vec<u8>>, threads: u64, rounds: usize, seed: u64) {
+/// Random `pread`s of up to `max_len` bytes of `file` checked against `data`, on `threads` threads
+/// of `rounds` reads.
+fn random_reads(
+    file: &Arc<fs::File>,
+    data: &Arc<Vec<u8>>,
+    threads: u64,
+    rounds: usize,
+    seed: u64,
+    max_len: u64,
+) {
     let workers: Vec<_> = (0..threads)
         .map(|t| {
             let (file, data) = (file.clone(), data.clone());
@@ -828,7 +811,7 @@ fn random_reads(file: &Arc<fs::File>, data: &Arc<Vec<u8>>, threads: u64, rounds:
                     x ^= x >> 7;
                     x ^= x << 17;
                     let off = (x % data.len() as u64) as usize;
-                    let len = (((x >> 32) % 300_000) as usize + 1).min(data.len() - off);
+                    let len = (((x >> 32) % max_len) as usize + 1).min(data.len() - off);
                     let mut buf = vec![0u8; len];
                     file.read_exact_at(&mut buf, off as u64)
                         .unwrap_or_else(|e| panic!("thread {t}: pread {len} at {off}: {e}"));
@@ -893,7 +876,7 @@ fn capped_cache_shared_by_two_mounts_with_concurrent_gc_serves_every_read() {
         .enumerate()
         .map(|(i, f)| {
             let (f, data) = (f.clone(), data.clone());
-            std::thread::spawn(move || random_reads(&f, &data, 4, 25, 100 * i as u64))
+            std::thread::spawn(move || random_reads(&f, &data, 4, 25, 100 * i as u64, 300_000))
         })
         .collect();
     for r in readers {
@@ -951,7 +934,7 @@ fn full_cache_disk_never_fails_a_read() {
         &["--cache-dir", &cache.display().to_string(), "--no-prefetch"],
     );
     let file = Arc::new(fs::File::open(m.dir.join("big.bin")).expect("open big.bin"));
-    random_reads(&file, &data, 4, 20, 7);
+    random_reads(&file, &data, 4, 20, 7, 300_000);
     assert_eq!(fs::read(m.dir.join("big.bin")).expect("read all"), *data);
     drop(file);
     m.umount();
